@@ -1,0 +1,98 @@
+"""Terminal output: Rich progress bars on a terminal, plain log lines everywhere else."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+# Results (tables, JSON) go to stdout; progress, logs and errors go to stderr so that
+# `piperctl ... --json > out.json` stays machine-readable.
+out = Console()
+err = Console(stderr=True)
+
+
+def is_interactive() -> bool:
+    """True when stderr is a terminal, so live progress bars make sense."""
+    return err.is_terminal and not err.is_dumb_terminal
+
+
+def log(message: str) -> None:
+    """Print one plain progress/log line on stderr."""
+    err.print(message, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Bar:
+    """A progress handle: Rich bar on a terminal, throttled log lines otherwise."""
+
+    description: str
+    total: int
+    progress: Progress | None = None
+    task_id: int | None = None
+    completed: int = 0
+    fields: dict[str, str] = field(default_factory=dict)
+    _last_log: float = 0.0
+    log_every_s: float = 10.0
+
+    def update(self, advance: int = 1, **fields: object) -> None:
+        """Advance the bar and set the extra fields shown beside it."""
+        self.completed += advance
+        self.fields.update({k: str(v) for k, v in fields.items()})
+        if self.progress is not None and self.task_id is not None:
+            self.progress.update(self.task_id, advance=advance, info=self._info())
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self.log_every_s or self.completed >= self.total:
+            self._last_log = now
+            log(f"{self.description}: {self.completed}/{self.total} {self._info()}".rstrip())
+
+    def _info(self) -> str:
+        return "  ".join(f"{k} {v}" for k, v in self.fields.items())
+
+
+@contextmanager
+def progress_bar(description: str, total: int, log_every_s: float = 10.0) -> Iterator[Bar]:
+    """Yield a `Bar` for `total` units of work, live on a terminal and logged otherwise."""
+    bar = Bar(description=description, total=total, log_every_s=log_every_s)
+    if not is_interactive():
+        bar._last_log = time.monotonic()
+        log(f"{description}: 0/{total}")
+        yield bar
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        bar.progress = progress
+        bar.task_id = progress.add_task(description, total=total, info="")
+        yield bar
+
+
+def fail_line(message: str) -> None:
+    """Print the single red error line of the CLI convention."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def stdout_is_terminal() -> bool:
+    """True when stdout is a terminal (used to pick tables vs plain output)."""
+    return sys.stdout.isatty()

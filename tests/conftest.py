@@ -1,0 +1,56 @@
+"""Shared fixtures: offline Hugging Face settings and small synthesized PiPER datasets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Never reach the network, and keep lerobot's Arrow cache out of the user's home.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("PIPERCTL_TEST", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hf_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.mktemp("hf_cache")
+    os.environ["HF_DATASETS_CACHE"] = str(cache / "datasets")
+    os.environ["HF_LEROBOT_HOME"] = str(cache / "lerobot")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run `piperctl ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from piperctl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    code = exc.value.code if isinstance(exc.value.code, int) else 0
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small camera dataset (video) shared by read-only tests."""
+    from piperctl.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("ds") / "piper_video"
+    cfg = SynthConfig(episodes=4, frames=(30, 40), seed=7, image_size=(48, 64))
+    return synthesize(out, cfg)
+
+
+@pytest.fixture(scope="session")
+def state_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small state-only dataset shared by read-only tests."""
+    from piperctl.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("ds") / "piper_state"
+    cfg = SynthConfig(episodes=6, frames=(40, 60), seed=3, cameras=[])
+    return synthesize(out, cfg)
+
+
+def python_exe() -> str:
+    """The interpreter running the tests (the project's venv)."""
+    return sys.executable
