@@ -1,0 +1,247 @@
+"""Training data: open a LeRobot dataset, fingerprint it, split episodes, and feed batches in a resumable order."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from piperctl.errors import PiperctlError
+from piperctl.rng import derive_seed
+
+
+def open_metadata(dataset_id: str, root: str | Path | None):
+    """lerobot metadata of a local dataset folder or a Hub dataset, with one-line errors."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from piperctl.quiet import quiet_third_party
+
+    quiet_third_party()
+    if root is not None:
+        root = Path(root)
+        if not (root / "meta" / "info.json").is_file():
+            raise PiperctlError(
+                f"{root} is not a LeRobot dataset (no meta/info.json)",
+                hint="pass the dataset's root folder, or make one with 'piperctl dataset synth'",
+            )
+    try:
+        return LeRobotDatasetMetadata(dataset_id, root=root)
+    except Exception as e:  # noqa: BLE001 - hub/offline/format errors come in many types
+        where = root if root is not None else f"Hub dataset {dataset_id}"
+        hint = "check the id and your network" if root is None else "check that it is a LeRobot v3.0 dataset"
+        if "Offline" in type(e).__name__ or "offline" in str(e).lower():
+            hint = "HF_HUB_OFFLINE is set: download it first or pass --dataset-root"
+        raise PiperctlError(
+            f"cannot open {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", hint=hint
+        ) from e
+
+
+def open_dataset(dataset_id: str, root: str | Path | None, delta_timestamps: dict | None):
+    """A LeRobotDataset over all episodes (training and validation are chosen by samplers)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from piperctl.quiet import video_backend
+
+    try:
+        return LeRobotDataset(
+            dataset_id, root=root, delta_timestamps=delta_timestamps, video_backend=video_backend()
+        )
+    except Exception as e:  # noqa: BLE001
+        raise PiperctlError(f"cannot load dataset {root or dataset_id}: {str(e).splitlines()[0]}") from e
+
+
+def fingerprint(meta) -> str:
+    """A content fingerprint of a dataset: metadata bytes plus the size of every data and video file.
+
+    Per-episode stats live in meta/episodes, so any change to frame values changes the fingerprint
+    without reading the (possibly huge) data files.
+    """
+    root = Path(meta.root)
+    h = hashlib.sha256()
+    for rel in ("meta/info.json", "meta/tasks.parquet"):
+        p = root / rel
+        if p.is_file():
+            h.update(rel.encode() + b"\0" + p.read_bytes())
+    for sub in ("meta/episodes", "data", "videos"):
+        for p in sorted((root / sub).rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(root).as_posix()
+                h.update(rel.encode() + b"\0" + str(p.stat().st_size).encode())
+                if sub == "meta/episodes":
+                    h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def parse_val_episodes(spec: str | int | None, total: int) -> list[int]:
+    """Validation episodes: a count N (the last N episodes), or ids as `A:B` (B exclusive) and/or `i,j,k`."""
+    if spec in (None, "", 0, "0"):
+        return []
+    text = str(spec).strip()
+    ids: set[int] = set()
+    try:
+        if ":" not in text and "," not in text:
+            n = int(text)
+            if not 0 < n < total:
+                raise PiperctlError(
+                    f"--val-episodes {n} must be between 1 and {total - 1} (the dataset has {total} episodes)"
+                )
+            return list(range(total - n, total))
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if ":" in part:
+                a, b = (int(x) for x in part.split(":"))
+                ids.update(range(a, b))
+            else:
+                ids.add(int(part))
+    except ValueError as e:
+        raise PiperctlError(
+            f"--val-episodes {text!r} is not valid", hint="give a count (2), a range (8:10) or ids (3,7)"
+        ) from e
+    bad = sorted(i for i in ids if not 0 <= i < total)
+    if bad:
+        raise PiperctlError(
+            f"--val-episodes names episodes {bad} that the dataset (0..{total - 1}) does not have"
+        )
+    if len(ids) >= total:
+        raise PiperctlError("--val-episodes leaves no episode for training")
+    return sorted(ids)
+
+
+def train_stats(meta, episodes: list[int]) -> dict:
+    """Normalization stats aggregated over `episodes` only (so held-out episodes cannot leak into them)."""
+    from lerobot.datasets.compute_stats import aggregate_stats
+
+    if len(episodes) == meta.total_episodes:
+        return meta.stats
+    wanted = set(episodes)
+    per_episode: list[dict] = []
+    for f in sorted((Path(meta.root) / "meta" / "episodes").rglob("*.parquet")):
+        table = pq.read_table(f)
+        stat_cols = [c for c in table.column_names if c.startswith("stats/")]
+        if not stat_cols:
+            raise PiperctlError(
+                f"{f} has no per-episode stats",
+                hint="cannot hold episodes out of the normalization stats; drop --val-episodes",
+            )
+        cols = table.select(["episode_index", *stat_cols]).to_pydict()
+        for row, ep in enumerate(cols["episode_index"]):
+            if ep not in wanted:
+                continue
+            stats: dict[str, dict] = {}
+            for c in stat_cols:
+                key, stat = c[len("stats/") :].rsplit("/", 1)
+                stats.setdefault(key, {})[stat] = np.asarray(cols[c][row])
+            per_episode.append(stats)
+    return aggregate_stats(per_episode)
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch for a block, then put the caller's generator states back."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Loads item `(epoch, index)` under generators seeded from (run seed, epoch, index).
+
+    Any randomness in loading (image augmentations) is then a pure function of the data order: the
+    same in a worker or the main process, with any number of workers, before and after a resume.
+    """
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        with isolated_rng(derive_seed(self.seed, epoch + 1, index)):
+            return self.dataset[index]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields `(epoch, frame index)` from lerobot's EpisodeAwareSampler, starting at a saved position."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.epoch = 0
+        self.start = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.inner.load_state_dict({"epoch": epoch, "start_index": self.start})
+        for index in self.inner:
+            yield epoch, index
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.start
+
+
+@dataclass
+class DataPosition:
+    """Where the training data order stands: epoch and samples consumed within it."""
+
+    epoch: int = 0
+    offset: int = 0
+
+
+def make_sampler(meta, episodes: list[int], shuffle: bool, seed: int, drop_n_last_frames: int = 0):
+    """lerobot's episode-aware sampler over `episodes`, shuffled per epoch from (seed, epoch)."""
+    from lerobot.datasets.sampler import EpisodeAwareSampler
+
+    return EpisodeAwareSampler(
+        meta.episodes["dataset_from_index"],
+        meta.episodes["dataset_to_index"],
+        episode_indices_to_use=episodes,
+        drop_n_last_frames=drop_n_last_frames,
+        shuffle=shuffle,
+        seed=seed,
+    )
+
+
+def make_loader(dataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool):
+    """A DataLoader over `(epoch, index)` keys; workers persist across epochs."""
+    return torch.utils.data.DataLoader(
+        SeededDataset(dataset, sampler.inner.seed),
+        sampler=sampler,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=2 if num_workers > 0 else None,
+        # Without its own generator every iter(loader) draws a worker seed from the global torch RNG,
+        # which would shift the training RNG stream on resume (SeededDataset makes that seed unused).
+        generator=torch.Generator().manual_seed(sampler.inner.seed),
+    )
+
+
+def batches(loader, sampler: EpochSampler, position: DataPosition) -> Iterator[dict]:
+    """Endless batches from `position`; updates `position` in place after each batch is handed out."""
+    while True:
+        sampler.epoch, sampler.start = position.epoch, position.offset
+        for batch in loader:
+            position.offset += len(batch["index"])
+            yield batch
+        position.epoch += 1
+        position.offset = 0

@@ -1,0 +1,74 @@
+"""metrics.jsonl (one JSON line per logged step) and the loss-curve picture drawn from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from piperctl.checkpoint import atomic_write_text
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All well-formed lines of a metrics.jsonl (a torn last line from a crash is skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+class MetricsLog:
+    """Appends metric records; on resume drops records past the checkpoint so the file tells one history."""
+
+    def __init__(self, path: Path, truncate_after: int = 0) -> None:
+        self.path = path
+        rows = read_metrics(path)
+        if rows and (truncate_after == 0 or any(r["step"] > truncate_after for r in rows)):
+            kept = [r for r in rows if r["step"] <= truncate_after]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def write(self, record: dict) -> None:
+        """Append one record and flush it, so a crash loses at most the line being written."""
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if not self._file.closed:
+            self._file.close()
+
+
+def plot_loss_curve(metrics_path: Path, out: Path) -> Path | None:
+    """Draw training (and validation) loss against step into a PNG; None when there is nothing to plot."""
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
