@@ -1,16 +1,22 @@
-"""Fault injection for crash-safety tests: `PIPERCTL_FAULT=<point>:<step>` kills the process there."""
+"""Fault injection for crash-safety tests: `PIPERCTL_FAULT=<point>:<step>` hits this process there.
+
+Points: `mid-save` and `after-save` (SIGKILL inside / right after writing checkpoint <step>),
+`sigterm` and `sigint` (that signal after optimizer step <step>, as a scheduler or Ctrl-C would).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 
+_SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
+
 
 def maybe_crash(point: str, step: int) -> None:
-    """SIGKILL this process when PIPERCTL_FAULT names `point` at `step` (tests only; no-op otherwise)."""
+    """Signal this process when PIPERCTL_FAULT names `point` at `step` (tests only; no-op otherwise)."""
     spec = os.environ.get("PIPERCTL_FAULT")
     if not spec:
         return
     name, _, at = spec.partition(":")
     if name == point and at.isdigit() and int(at) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), _SIGNALS.get(point, signal.SIGKILL))

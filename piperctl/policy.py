@@ -108,6 +108,16 @@ def make_processors(
 
     if pretrained is None:
         return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
+    from piperctl.untrusted import processor_config_problems
+
+    # A checkpoint is untrusted: lerobot would import any class and open any state file its configs name.
+    problems = [
+        e
+        for name in (PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
+        for e in processor_config_problems(Path(pretrained), name)
+    ]
+    if problems:
+        raise problems[0]
     overrides = {"device_processor": {"device": device or policy_cfg.device}}
     return make_pre_post_processors(
         policy_cfg=policy_cfg,
@@ -147,17 +157,23 @@ def load_policy_config(folder: Path, device: str | None = None):
 
 def load_policy(folder: Path, device: str = "cpu", policy_cfg=None):
     """Rebuild the policy from a checkpoint folder and load its weights strictly."""
+    cfg = policy_cfg if policy_cfg is not None else load_policy_config(folder, device)
+    policy = policy_from_config(cfg)
+    load_weights(policy, folder / POLICY_WEIGHTS)
+    policy.to(device)
+    return policy
+
+
+def policy_from_config(cfg):
+    """An untrained policy of the architecture `cfg` describes, built without downloading anything."""
     from lerobot.policies.factory import get_policy_class
 
-    cfg = policy_cfg if policy_cfg is not None else load_policy_config(folder, device)
     build_cfg = cfg
     if getattr(cfg, "pretrained_backbone_weights", None):
         # The checkpoint's weights replace the backbone anyway: don't download ImageNet weights for it.
         build_cfg = dataclasses.replace(cfg, pretrained_backbone_weights=None)
     policy = get_policy_class(cfg.type)(config=build_cfg)
     policy.config = cfg
-    load_weights(policy, folder / POLICY_WEIGHTS)
-    policy.to(device)
     return policy
 
 
@@ -184,3 +200,10 @@ def feature_shapes(policy_cfg) -> dict[str, list[int]]:
     """Input and output feature shapes of a policy config, for compatibility checks."""
     feats = {**(policy_cfg.input_features or {}), **(policy_cfg.output_features or {})}
     return {k: list(v.shape) for k, v in sorted(feats.items())}
+
+
+def dataset_feature_shapes(ds_meta) -> dict[str, list[int]]:
+    """Shapes of the features a policy would see in this dataset (same keys as `feature_shapes`)."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    return {k: list(v.shape) for k, v in sorted(dataset_to_policy_features(ds_meta.features).items())}

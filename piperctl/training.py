@@ -138,13 +138,15 @@ def train(
     cfg = _make_config(output_dir, dataset_id, options)
     run_dir = Path(cfg.output_dir)
     _refuse_existing_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex
+    return Trainer(cfg, run_dir, run_id).run(start=None)
+
+
+def _write_run_file(run_dir: Path, run_id: str) -> None:
     ckpt.write_json(
         run_dir / ckpt.RUN_FILE,
         {"format": "piperctl-run", "run_id": run_id, "created": _now(), "piperctl": __version__},
     )
-    return Trainer(cfg, run_dir, run_id).run(start=None)
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
@@ -382,9 +384,14 @@ class Trainer:
         shapes = policy.feature_shapes(self.policy.config)
         if start is not None:
             folder, state = start
-            if state.get("feature_shapes") and state["feature_shapes"] != shapes:
+            dataset_shapes = policy.dataset_feature_shapes(meta)
+            mismatched = {
+                k: (v, dataset_shapes.get(k)) for k, v in shapes.items() if dataset_shapes.get(k) != v
+            }
+            if mismatched:
+                key, (want, got) = next(iter(mismatched.items()))
                 raise PiperctlError(
-                    f"the dataset's features {shapes} do not match the checkpoint's {state['feature_shapes']}",
+                    f"the dataset's features do not match the checkpoint's: {key} has shape {got}, the policy expects {want}",
                     hint="resume on a dataset with the same cameras, state and action shapes",
                 )
             policy.load_weights(self.policy, folder / ckpt.POLICY_WEIGHTS)
@@ -566,6 +573,10 @@ class Trainer:
 
         self._setup(start)
         cfg = self.cfg
+        if start is None:
+            # Only now that dataset, policy and options are known to work does the folder become a run.
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_run_file(self.run_dir, self.run_id)
         self.last_checkpoint = start[0] if start else None
         self._saved_since_resume = 0
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after=self.step)
@@ -598,6 +609,8 @@ class Trainer:
                     self.policy.update()
                 self.step += 1
                 self.samples_seen += len(batch["index"])
+                maybe_crash("sigterm", self.step)
+                maybe_crash("sigint", self.step)
                 loss_value = float(loss.detach())
                 losses.append(loss_value)
                 if not math.isfinite(loss_value):

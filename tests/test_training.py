@@ -1,0 +1,437 @@
+"""`piperctl train` / `resume`: bit-exact resumption, crash safety, refusals, keep-last, validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from piperctl import checkpoint as ckpt
+from piperctl.errors import PiperctlError
+from tests.conftest import python_exe, run_cli
+
+TINY_ACT = {
+    "pretrained_backbone_weights": None,
+    "dim_model": 32,
+    "n_heads": 2,
+    "dim_feedforward": 64,
+    "n_encoder_layers": 1,
+    "n_decoder_layers": 1,
+    "chunk_size": 5,
+    "n_action_steps": 5,
+    "latent_dim": 8,
+}
+TINY_DIFFUSION = {
+    "pretrained_backbone_weights": None,
+    "crop_shape": None,
+    "n_obs_steps": 2,
+    "horizon": 8,
+    "n_action_steps": 4,
+    "down_dims": [16, 32],
+    "diffusion_step_embed_dim": 16,
+    "num_train_timesteps": 20,
+    "spatial_softmax_num_keypoints": 8,
+    "use_group_norm": True,
+}
+BASE = {"steps": 8, "batch_size": 4, "save_every": 4, "num_workers": 0, "val_episodes": "1", "seed": 5}
+
+
+def _cli_opts(options: dict) -> list[str]:
+    out: list[str] = []
+    for k, v in options.items():
+        out += ["--policy-opt", f"{k}={json.dumps(v)}"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small one-camera PNG dataset: fast to decode, enough for ACT and diffusion."""
+    from piperctl.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("train_ds") / "tiny"
+    return synthesize(
+        out,
+        SynthConfig(episodes=5, frames=(20, 26), cameras=["front"], image_size=(32, 40), video=False, seed=2),
+    )
+
+
+def _train(run_dir: Path, ds: Path, **overrides):
+    from piperctl import train
+
+    opts = {**BASE, "policy_options": dict(TINY_ACT), **overrides}
+    return train(run_dir, dataset_id="local/tiny", dataset_root=str(ds), **opts)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Path:
+    """An uninterrupted 8-step ACT run (checkpoints every 2 steps, keep-last 2)."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    _train(run, tiny_ds, save_every=2, keep_last=2)
+    return run
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / ckpt.POLICY_WEIGHTS)), load_file(str(b / ckpt.POLICY_WEIGHTS))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _cli(args: list, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    exe = Path(python_exe()).with_name("piperctl")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def _train_args(run: Path, ds: Path, **overrides) -> list[str]:
+    opts = {**BASE, **overrides}
+    args = ["train", "--output-dir", run, "--dataset-root", ds, "--dataset-id", "local/tiny"]
+    for k, v in opts.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return [*map(str, args), *_cli_opts(TINY_ACT)]
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness
+
+
+def test_run_layout_and_keep_last(reference_run: Path) -> None:
+    names = sorted(p.name for p in ckpt.list_checkpoints(reference_run))
+    assert names == ["checkpoint-6", "checkpoint-8"]  # keep-last 2 removed 2 and 4
+    c8 = reference_run / "checkpoint-8"
+    assert ckpt.check_checkpoint(c8).ok
+    for name in ckpt.REQUIRED_FILES:
+        assert (c8 / name).is_file(), name
+    state = json.loads((c8 / ckpt.TRAINING_STATE).read_text())
+    assert state["step"] == 8 and state["world_size"] == 1 and state["seed"] == 5
+    assert state["dataset"]["val_episodes"] == [4] and state["dataset"]["train_episodes"] == [0, 1, 2, 3]
+    assert state["samples_seen"] == 8 * 4
+    assert set(state["versions"]) >= {"piperctl", "lerobot", "torch"}
+    # Final model files sit in the run folder and verify against their own manifest.
+    for name in ckpt.MODEL_FILES:
+        assert (reference_run / name).is_file(), name
+    manifest = json.loads((reference_run / ckpt.MANIFEST).read_text())
+    assert ckpt.OPTIMIZER_STATE not in manifest["files"]
+    rows = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"loss", "lr", "grad_norm", "steps_per_s"} <= rows[0].keys()
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6, 8]
+    assert (reference_run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in reference_run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+
+
+def test_sigkill_after_checkpoint_then_resume_is_bit_exact(
+    tmp_path: Path, tiny_ds: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "run"
+    res = _cli(_train_args(run, tiny_ds, num_workers=2), env={"PIPERCTL_FAULT": "after-save:4"})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-4"]
+    res = _cli(["resume", run])
+    assert res.returncode == 0, res.stderr
+    assert _losses(run) == _losses(reference_run)
+    _assert_same_weights(run, reference_run)
+    _assert_same_weights(run / "checkpoint-8", reference_run / "checkpoint-8")
+    opt_a = torch.load(run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
+    opt_b = torch.load(reference_run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
+    for k, v in opt_a["state"].items():
+        for name, t in v.items():
+            assert torch.equal(t, opt_b["state"][k][name]), (k, name)
+
+
+def test_clean_stop_on_sigterm_saves_and_resumes_exactly(
+    tmp_path: Path, tiny_ds: Path, reference_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from piperctl.training import TrainingInterrupted, resume
+
+    run = tmp_path / "run"
+    monkeypatch.setenv("PIPERCTL_FAULT", "sigterm:3")
+    with pytest.raises(TrainingInterrupted) as exc:
+        _train(run, tiny_ds, save_every=100)
+    assert exc.value.exit_code == 128 + signal.SIGTERM
+    assert "piperctl resume" in str(exc.value) and "checkpoint-3" in str(exc.value)
+    assert ckpt.check_checkpoint(run / "checkpoint-3").ok
+    monkeypatch.delenv("PIPERCTL_FAULT")
+    resume(run / "checkpoint-3")
+    assert _losses(run) == _losses(reference_run)
+    _assert_same_weights(run, reference_run)
+
+
+def test_external_sigterm_checkpoints_and_exits_nonzero(tmp_path: Path, tiny_ds: Path) -> None:
+    run = tmp_path / "run"
+    exe = Path(python_exe()).with_name("piperctl")
+    proc = subprocess.Popen(
+        [exe, *_train_args(run, tiny_ds, steps=100000, save_every=100000)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    (saved,) = ckpt.list_checkpoints(run)
+    assert ckpt.check_checkpoint(saved).ok
+    last = [line for line in err.strip().splitlines() if line.strip()][-1]
+    assert last.startswith("error: SIGTERM at step") and f"piperctl resume {saved}" in last
+    assert "Traceback" not in err
+
+
+def test_kill_during_save_leaves_no_partial_checkpoint(
+    tmp_path: Path, tiny_ds: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "run"
+    res = _cli(_train_args(run, tiny_ds, save_every=2), env={"PIPERCTL_FAULT": "mid-save:4"})
+    assert res.returncode == -signal.SIGKILL
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-2"]
+    leftovers = [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+    assert leftovers, "the interrupted save should have left its temporary folder"
+    (run / "notes.txt").write_text("mine")
+    res = _cli(["resume", run])
+    assert res.returncode == 0, res.stderr
+    assert "removed 1 unfinished save" in res.stderr
+    assert not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+    assert (run / "notes.txt").read_text() == "mine"  # only our temporary folders are removed
+    assert _losses(run) == _losses(reference_run)
+
+
+def test_diffusion_trains_and_resumes_exactly_with_scheduler(
+    tmp_path: Path, tiny_ds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from piperctl.training import TrainingInterrupted, resume
+
+    opts = {
+        "policy": "diffusion",
+        "policy_options": dict(TINY_DIFFUSION),
+        "steps": 6,
+        "save_every": 3,
+        "val_episodes": None,
+    }
+    ref = _train(tmp_path / "ref", tiny_ds, **opts)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert len(set(lrs)) > 1  # the cosine/warm-up scheduler really moves the learning rate
+    monkeypatch.setenv("PIPERCTL_FAULT", "sigint:2")
+    with pytest.raises(TrainingInterrupted):
+        _train(tmp_path / "cut", tiny_ds, **opts)
+    monkeypatch.delenv("PIPERCTL_FAULT")
+    resume(tmp_path / "cut")
+    assert _losses(tmp_path / "cut") == ref.losses
+    _assert_same_weights(tmp_path / "cut", tmp_path / "ref")
+
+
+def test_resume_can_extend_the_run(tmp_path: Path, reference_run: Path) -> None:
+    from piperctl.training import resume
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    result = resume(run, steps=10)
+    assert result.step == 10 and (run / "checkpoint-10").is_dir()
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 11)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals: one clear line each
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines and "Traceback" not in err, err
+    assert lines[-1].startswith("error:"), err
+    return lines[-1]
+
+
+def test_train_into_existing_run_points_to_resume(
+    reference_run: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(_train_args(reference_run, tiny_ds), capsys)
+    line = _one_line(err)
+    assert code == 2 and "already holds a training run" in line and f"piperctl resume {reference_run}" in line
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("missing", "does not exist"),
+        ("incomplete", "incomplete"),
+        ("bitflip", "sha256 mismatch"),
+        ("renamed", "step"),
+    ],
+)
+def test_resume_refuses_damaged_checkpoints(
+    tmp_path: Path, reference_run: Path, capsys: pytest.CaptureFixture[str], damage: str, needle: str
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    target = run / "checkpoint-6"
+    if damage == "missing":
+        target = run / "checkpoint-7"
+    elif damage == "incomplete":
+        (target / ckpt.MANIFEST).unlink()
+    elif damage == "bitflip":
+        data = bytearray((target / ckpt.POLICY_WEIGHTS).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (target / ckpt.POLICY_WEIGHTS).write_bytes(bytes(data))
+    elif damage == "renamed":
+        target = target.rename(run / "checkpoint-5")
+    code, _, err = run_cli(["resume", target], capsys)
+    assert code == 2 and needle in _one_line(err) and str(target.name) in err
+
+
+def test_resume_of_run_folder_skips_damaged_newest(
+    tmp_path: Path, reference_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from piperctl.training import resolve_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    with open(run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, "r+b") as f:
+        f.truncate(100)
+    chosen, skipped = resolve_checkpoint(run)
+    assert chosen.name == "checkpoint-6"
+    assert [p.name for p, _ in skipped] == ["checkpoint-8"] and "optimizer_state.pth" in skipped[0][1]
+
+
+def test_resume_refuses_changed_dataset_unless_allowed(
+    tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_ds, ds)
+    run = tmp_path / "run"
+    _train(run, ds, steps=2, save_every=2)
+    info = json.loads((ds / "meta" / "info.json").read_text())
+    info["notes"] = "re-exported"
+    (ds / "meta" / "info.json").write_text(json.dumps(info))
+    code, _, err = run_cli(["resume", run / "checkpoint-2", "--steps", "3"], capsys)
+    assert code == 2 and "fingerprint" in _one_line(err) and "--allow-dataset-change" in err
+    code, _, err = run_cli(["resume", run / "checkpoint-2", "--steps", "3", "--allow-dataset-change"], capsys)
+    assert code == 0, err
+    assert (run / "checkpoint-3").is_dir()
+
+
+def test_resume_refuses_other_feature_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from piperctl.synth import SynthConfig, synthesize
+
+    ds = tmp_path / "ds"
+    synthesize(
+        ds, SynthConfig(episodes=3, frames=(20, 20), cameras=["front"], image_size=(32, 40), video=False)
+    )
+    run = tmp_path / "run"
+    _train(run, ds, steps=2, save_every=2, val_episodes=None)
+    synthesize(
+        ds,
+        SynthConfig(episodes=3, frames=(20, 20), cameras=["front"], image_size=(40, 48), video=False),
+        force=True,
+    )
+    code, _, err = run_cli(["resume", run, "--steps", "3", "--allow-dataset-change"], capsys)
+    assert code == 2 and "do not match the checkpoint" in _one_line(err)
+
+
+def test_resume_refuses_other_policy_type_and_other_run(
+    tmp_path: Path, reference_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from piperctl import train
+
+    with pytest.raises(PiperctlError, match="holds a 'act' policy, not 'diffusion'"):
+        train(reference_run, resume_from_checkpoint=reference_run / "checkpoint-8", policy="diffusion")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ckpt.RUN_FILE).write_text(json.dumps({"run_id": "someone-else"}))
+    shutil.copytree(reference_run / "checkpoint-8", other / "checkpoint-8")
+    code, _, err = run_cli(["resume", other / "checkpoint-8", "--steps", "9"], capsys)
+    assert code == 2 and "holds another run" in _one_line(err)
+    code, _, err = run_cli(["resume", reference_run / "checkpoint-8"], capsys)
+    assert code == 2 and "--steps" in _one_line(err)
+
+
+def test_bad_train_options_give_one_line(
+    tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        (["--steps", "0"], "--steps"),
+        (["--policy", "nope"], "unknown policy type 'nope'"),
+        (["--policy-opt", "not_a_field=3"], "no option not_a_field"),
+        (["--val-episodes", "9"], "--val-episodes"),
+        (["--device", "tpu"], "--device"),
+    ]
+    for extra, needle in cases:
+        code, _, err = run_cli([*_train_args(tmp_path / "r", tiny_ds), *extra], capsys)
+        assert code == 2 and needle in _one_line(err), (extra, err)
+    code, _, err = run_cli(
+        ["train", "--output-dir", tmp_path / "r2", "--dataset-root", tmp_path / "nowhere"], capsys
+    )
+    assert code == 2 and "not a LeRobot dataset" in _one_line(err)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()  # a failed start leaves nothing
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning and validation hygiene
+
+
+def test_init_from_starts_fresh_from_weights(tmp_path: Path, tiny_ds: Path, reference_run: Path) -> None:
+    run = tmp_path / "ft"
+    opts = {**TINY_ACT, "optimizer_lr_backbone": 1e-12}  # ACT trains its backbone at its own rate
+    _train(
+        run,
+        tiny_ds,
+        steps=1,
+        save_every=1,
+        lr=1e-12,
+        policy_options=opts,
+        init_from=str(reference_run / "checkpoint-8"),
+    )
+    state = json.loads((run / "checkpoint-1" / ckpt.TRAINING_STATE).read_text())
+    assert state["step"] == 1 and state["resumed_from"] is None
+    opt = torch.load(run / "checkpoint-1" / ckpt.OPTIMIZER_STATE, weights_only=True)
+    assert all(float(s["step"]) == 1.0 for s in opt["state"].values())  # a fresh optimizer
+    new, old = (
+        load_file(str(run / ckpt.POLICY_WEIGHTS)),
+        load_file(str(reference_run / "checkpoint-8" / ckpt.POLICY_WEIGHTS)),
+    )
+    assert all(torch.allclose(new[k], old[k], atol=1e-6) for k in old)
+
+
+def test_validation_episodes_stay_out_of_sampler_and_stats(reference_run: Path, tiny_ds: Path) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from piperctl import data
+
+    meta = LeRobotDatasetMetadata("local/tiny", root=tiny_ds)
+    train_eps = [0, 1, 2, 3]
+    sampler = data.EpochSampler(data.make_sampler(meta, train_eps, shuffle=True, seed=5))
+    val_from, val_to = int(meta.episodes["dataset_from_index"][4]), int(meta.episodes["dataset_to_index"][4])
+    seen = [i for _, i in sampler]
+    assert len(seen) == val_from and not any(val_from <= i < val_to for i in seen)
+    state = load_file(
+        str(reference_run / "checkpoint-8" / "policy_preprocessor_step_3_normalizer_processor.safetensors")
+    )
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(
+        tiny_ds / "data" / "chunk-000" / "file-000.parquet", columns=["observation.state", "episode_index"]
+    )
+    states = np.stack(table.column("observation.state").to_numpy(zero_copy_only=False))
+    eps = table.column("episode_index").to_numpy()
+    np.testing.assert_allclose(
+        state["observation.state.mean"].numpy(), states[eps < 4].mean(0), rtol=1e-4, atol=1e-5
+    )
+    assert not np.allclose(state["observation.state.mean"].numpy(), states.mean(0), rtol=1e-6, atol=1e-7)
