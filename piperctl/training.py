@@ -271,6 +271,21 @@ def resume(
     return Trainer(cfg, run_dir, state["run_id"]).run(start=(folder, state))
 
 
+class _Rate:
+    """Smoothed steps per second for the progress display."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.value = 0.0
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        inst = 1.0 / max(now - self._last, 1e-9)
+        self._last = now
+        self.value = inst if self.value == 0.0 else 0.9 * self.value + 0.1 * inst
+        return self.value
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next step boundary."""
 
@@ -591,6 +606,7 @@ class Trainer:
         self.policy.train()
         stream = data.batches(self.loader, self.sampler, self.position)
         t_last, steps_since = time.perf_counter(), 0
+        rate = _Rate()
         with _StopFlag() as stop, progress_bar("training", cfg.steps) as bar:
             bar.update(self.step)
             while self.step < cfg.steps and stop.signum is None:
@@ -636,7 +652,7 @@ class Trainer:
                 saved = None
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     saved = self.save_checkpoint()
-                fields = {"loss": f"{loss_value:.4f}", "lr": f"{record['lr']:.1e}"}
+                fields = {"loss": f"{loss_value:.4f}", "lr": f"{record['lr']:.1e}", "steps/s": f"{rate.tick():.2f}"}
                 if "val_loss" in record:
                     fields["val"] = f"{record['val_loss']:.4f}"
                 if self.last_checkpoint is not None:
