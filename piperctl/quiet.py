@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _done = False
 
@@ -52,3 +56,31 @@ def video_backend() -> str:
         return "torchcodec"
     except Exception:  # noqa: BLE001 - any load failure means: use PyAV
         return "pyav"
+
+
+@contextmanager
+def silence_native_stderr() -> Iterator[None]:
+    """Swallow what C libraries (FFmpeg, SVT-AV1) write to fd 2 in a block; replay it if the block fails.
+
+    lerobot resets PyAV's log callback after each encode, so FFmpeg's muxer banners reach the
+    terminal no matter what log level we set; only redirecting the file descriptor stops them.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest capture, notebooks)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, fd)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)

@@ -317,7 +317,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, force: bool = False) -> Path:
     """Write a synthetic PiPER dataset to `out` through lerobot's own writer; returns the path."""
     out = Path(out)
     _prepare_out(out, force)  # before the slow lerobot import, so mistakes fail fast
-    from piperctl.quiet import quiet_third_party
+    from piperctl.quiet import quiet_third_party, silence_native_stderr
 
     quiet_third_party()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -350,9 +350,11 @@ def synthesize(out: str | Path, cfg: SynthConfig, force: bool = False) -> Path:
                     for cam in cfg.cameras:
                         frame[f"observation.images.{cam}"] = render(cam, q[f], cube[f], place, cfg.image_size)
                     ds.add_frame(frame)
-                ds.save_episode(parallel_encoding=False)
+                with silence_native_stderr():
+                    ds.save_episode(parallel_encoding=False)
                 bar.update(1)
-        ds.finalize()
+        with silence_native_stderr():
+            ds.finalize()
         if out.exists():
             shutil.rmtree(out) if force else out.rmdir()
         os.replace(root, out)
