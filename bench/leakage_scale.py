@@ -1,0 +1,251 @@
+"""Benchmark `piperctl leakage` at 1M and 10M frames against the pyarrow read floor and lerobot-doctor.
+
+Generates LeRobot v3.0 datasets directly with pyarrow under bench/_work (7-dim float32 state and
+action, episodes of 300-700 frames, ~100 MB data files as lerobot writes them), then runs every tool
+in its own subprocess and reads that process's peak RSS and CPU time from wait4(). Prints one table.
+This process stays small (generation runs in a child too): Linux carries a parent's RSS high-water
+mark across fork+exec into the child's ru_maxrss, which would inflate every figure.
+
+    .venv/bin/python bench/leakage_scale.py [--sizes 1000000,10000000] [--no-doctor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "_work"
+PY = sys.executable
+PIPERCTL = str(Path(PY).parent / "piperctl")
+ROWS_PER_FILE = 800_000  # about 100 MB of parquet per file at this row width, lerobot's default size
+NAMES = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6", "gripper"]
+MINIMAL_COLUMNS = ["episode_index", "frame_index", "index", "timestamp"]
+FULL_COLUMNS = [*MINIMAL_COLUMNS, "observation.state", "action"]
+
+
+def _lengths(frames: int, rng) -> list[int]:  # type: ignore[no-untyped-def]
+    out, total = [], 0
+    while total < frames:
+        n = int(min(rng.integers(300, 701), frames - total))
+        out.append(n)
+        total += n
+    return out
+
+
+def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
+    """Write a clean v3.0 dataset of `frames` frames (reused when already there)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def _fsl(a: np.ndarray) -> pa.FixedSizeListArray:
+        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
+
+    marker = path / ".complete"
+    if marker.is_file() and marker.read_text() == f"{frames},{seed}":
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    lengths = _lengths(frames, rng)
+    (path / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    (path / "data" / "chunk-000").mkdir(parents=True)
+    meta_rows: list[dict] = []
+    file_index, start, ep = 0, 0, 0
+    while ep < len(lengths):
+        group = []
+        while ep < len(lengths) and (not group or sum(group) + lengths[ep] <= ROWS_PER_FILE):
+            group.append(lengths[ep])
+            ep += 1
+        n = sum(group)
+        first_ep = ep - len(group)
+        ep_ids = np.repeat(np.arange(first_ep, ep), group)
+        starts = np.repeat(np.cumsum([0, *group[:-1]]), group)
+        fi = np.arange(n) - starts
+        # Random walks restarted at each episode: realistic smooth joints, no value repeated.
+        steps = rng.normal(0, 0.01, (n, 7)).astype(np.float32)
+        walk = np.cumsum(steps, axis=0)
+        walk -= np.repeat(walk[np.cumsum([0, *group[:-1]])], group, axis=0)
+        state = walk + np.repeat(rng.normal(0, 1, (len(group), 7)).astype(np.float32), group, axis=0)
+        action = state + rng.normal(0, 0.005, (n, 7)).astype(np.float32)
+        table = pa.table(
+            {
+                "observation.state": _fsl(state.astype(np.float32)),
+                "action": _fsl(action.astype(np.float32)),
+                "timestamp": pa.array((fi / fps).astype(np.float32)),
+                "frame_index": pa.array(fi.astype(np.int64)),
+                "episode_index": pa.array(ep_ids.astype(np.int64)),
+                "index": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                "task_index": pa.array(np.zeros(n, dtype=np.int64)),
+            }
+        )
+        pq.write_table(table, path / "data" / "chunk-000" / f"file-{file_index:03d}.parquet")
+        offset = start
+        for i, length in enumerate(group):
+            meta_rows.append(
+                {
+                    "episode_index": first_ep + i,
+                    "tasks": ["pick and place"],
+                    "length": length,
+                    "data/chunk_index": 0,
+                    "data/file_index": file_index,
+                    "dataset_from_index": offset,
+                    "dataset_to_index": offset + length,
+                }
+            )
+            offset += length
+        start += n
+        file_index += 1
+    pq.write_table(
+        pa.Table.from_pylist(meta_rows), path / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    )
+    pq.write_table(pa.table({"task_index": [0], "task": ["pick and place"]}), path / "meta" / "tasks.parquet")
+    vec = {"dtype": "float32", "shape": [7], "names": NAMES}
+    scalar = {"shape": [1], "names": None}
+    info = {
+        "codebase_version": "v3.0",
+        "robot_type": "piper",
+        "total_episodes": len(lengths),
+        "total_frames": frames,
+        "total_tasks": 1,
+        "chunks_size": 1000,
+        "data_files_size_in_mb": 100,
+        "video_files_size_in_mb": 200,
+        "fps": fps,
+        "splits": {"train": f"0:{len(lengths)}"},
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": None,
+        "features": {
+            "observation.state": vec,
+            "action": vec,
+            "timestamp": {"dtype": "float32", **scalar},
+            "frame_index": {"dtype": "int64", **scalar},
+            "episode_index": {"dtype": "int64", **scalar},
+            "index": {"dtype": "int64", **scalar},
+            "task_index": {"dtype": "int64", **scalar},
+        },
+    }
+    (path / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    marker.write_text(f"{frames},{seed}")
+    return path
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float, int, str]:
+    """Run `cmd`; returns (wall s, CPU s, peak RSS MB of that process, exit code, output tail)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, proc.returncode, output.decode(errors="replace")[-600:]
+
+
+_FLOOR = """
+import sys, pyarrow.parquet as pq, pathlib
+cols = sys.argv[2].split(',')
+for f in sorted(pathlib.Path(sys.argv[1], 'data').glob('**/*.parquet')):
+    pq.read_table(f, columns=cols)
+"""
+
+
+def doctor_exe() -> tuple[str | None, str]:
+    """lerobot-doctor in its own venv under bench/_work (never the project venv); (path, note)."""
+    env_dir = WORK / "doctor-venv"
+    exe = env_dir / "bin" / "lerobot-doctor"
+    if exe.exists():
+        return str(exe), "installed"
+    probe = subprocess.run(
+        [PY, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WORK / "doctor-probe"), "lerobot-doctor"],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return None, "lerobot-doctor is not available from the package index here; no figures"
+    venv.create(env_dir, with_pip=True)
+    inst = subprocess.run(
+        [str(env_dir / "bin" / "pip"), "install", "-q", "lerobot-doctor"], capture_output=True, text=True
+    )
+    if inst.returncode != 0 or not exe.exists():
+        return None, f"lerobot-doctor failed to install: {inst.stderr.strip()[-200:]}"
+    return str(exe), "installed"
+
+
+def main() -> None:
+    """Generate, run, print the side-by-side table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated frame counts")
+    ap.add_argument("--no-doctor", action="store_true", help="skip lerobot-doctor")
+    ap.add_argument("--generate", nargs=2, metavar=("FRAMES", "PATH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generate:
+        generate(Path(args.generate[1]), int(args.generate[0]))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    WORK.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    print(
+        f"cpus available: {len(os.sched_getaffinity(0))}, polars threads: {os.environ.get('POLARS_MAX_THREADS', 'auto')}"
+    )
+    doctor, doctor_note = (None, "skipped (--no-doctor)") if args.no_doctor else doctor_exe()
+    rows: list[tuple[str, str, float, float, float, str]] = []
+    for frames in sizes:
+        t0 = time.perf_counter()
+        ds = WORK / f"ds_{frames}"
+        subprocess.run([PY, __file__, "--generate", str(frames), str(ds)], check=True)
+        size_mb = sum(f.stat().st_size for f in (ds / "data").glob("**/*.parquet")) / 1e6
+        print(
+            f"dataset {ds.name}: {frames:,} frames, {size_mb:.0f} MB of parquet (ready in {time.perf_counter() - t0:.1f} s)"
+        )
+        label = f"{frames / 1e6:g}M"
+        runs = {
+            "pyarrow read, minimal columns": [PY, "-c", _FLOOR, str(ds), ",".join(MINIMAL_COLUMNS)],
+            "piperctl leakage minimal": [PIPERCTL, "leakage", "minimal", str(ds), "--json", "--no-progress"],
+            "pyarrow read, full columns": [PY, "-c", _FLOOR, str(ds), ",".join(FULL_COLUMNS)],
+            "piperctl leakage full": [PIPERCTL, "leakage", "full", str(ds), "--json", "--no-progress"],
+        }
+        if doctor and frames <= 1_000_000:
+            runs["lerobot-doctor"] = [doctor, str(ds)]
+        for name, cmd in runs.items():
+            wall, cpu, rss, code, tail = measure(cmd, env)
+            ok = code == 0 or (name == "lerobot-doctor" and code in (0, 1))
+            note = "" if ok else f"exit {code}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+            rows.append((label, name, wall, cpu, rss, note))
+            load = os.getloadavg()[0]
+            print(
+                f"  {name:32s} {wall:7.2f} s wall {cpu:7.2f} s cpu {rss:7.0f} MB  (load {load:.1f}) {note}",
+                flush=True,
+            )
+    print()
+    print(f"lerobot-doctor: {doctor_note}")
+    print()
+    print(
+        f"{'frames':>6}  {'tool':32s} {'wall s':>7} {'cpu s':>7} {'peak RSS MB':>11} {'x floor':>8} {'doctor/us':>9}"
+    )
+    for label, name, wall, cpu, rss, note in rows:
+        same = {n: w for lb, n, w, _, _, _ in rows if lb == label}
+        floor = same.get(
+            "pyarrow read, full columns"
+            if "full" in name or name == "lerobot-doctor"
+            else "pyarrow read, minimal columns"
+        )
+        ratio = f"{wall / floor:8.1f}" if floor and not name.startswith("pyarrow") else " " * 8
+        doc = same.get("lerobot-doctor")
+        vs = f"{doc / wall:9.1f}" if doc and name.startswith("piperctl") else " " * 9
+        print(f"{label:>6}  {name:32s} {wall:7.2f} {cpu:7.2f} {rss:11.0f} {ratio} {vs} {note}")
+    print(
+        "\nx floor: wall time over the pyarrow read of the same columns; doctor/us: lerobot-doctor wall over ours."
+    )
+
+
+if __name__ == "__main__":
+    main()

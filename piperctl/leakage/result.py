@@ -1,0 +1,132 @@
+"""Check results and the report of one run: statuses, findings and the JSON contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["pass", "warn", "fail"]
+STATUS_RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
+MAX_LISTED = 1000  # the contract lists the first 1000 episodes/findings; `count` keeps the total
+
+
+def worst(statuses: list[str]) -> Status:
+    """The most severe of `statuses` ("pass" when empty)."""
+    return max(statuses, key=STATUS_RANK.__getitem__, default="pass")  # type: ignore[return-value]
+
+
+@dataclass
+class Finding:
+    """One fault: what kind, how severe, which episodes, and a sentence a person can act on."""
+
+    kind: str
+    status: Status
+    episodes: list[int]
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The finding as JSON-ready data."""
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "episodes": self.episodes[:MAX_LISTED],
+            "message": self.message,
+            **self.extra,
+        }
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: its findings, and the status, episodes and summary derived from them."""
+
+    name: str
+    title: str
+    findings: list[Finding] = field(default_factory=list)
+    note: str = ""  # said in the summary when the check passes (what was checked)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        """The most severe status among the findings."""
+        return worst([f.status for f in self.findings])
+
+    @property
+    def episodes(self) -> list[int]:
+        """Every episode involved in any finding, sorted."""
+        return sorted({e for f in self.findings for e in f.episodes})
+
+    @property
+    def count(self) -> int:
+        """How many episodes the findings involve (the length of the full `episodes` list)."""
+        return len(self.episodes)
+
+    @property
+    def summary(self) -> str:
+        """One line: the note when clean, else the first findings' messages."""
+        if not self.findings:
+            return self.note or "no problems found"
+        shown = "; ".join(f.message for f in self.findings[:3])
+        more = len(self.findings) - 3
+        return f"{shown}; and {more} more finding(s)" if more > 0 else shown
+
+    def to_dict(self) -> dict[str, Any]:
+        """The check in the documented JSON contract (plus `title`, `findings_total`, `findings`)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "status": self.status,
+            "count": self.count,
+            "summary": self.summary,
+            "episodes": self.episodes[:MAX_LISTED],
+            "findings_total": len(self.findings),
+            "findings": [f.to_dict() for f in self.findings[:MAX_LISTED]],
+            **self.extra,
+        }
+
+
+@dataclass
+class LeakageReport:
+    """Everything one run found: the dataset, the mode and each check's result."""
+
+    dataset: str
+    mode: Literal["minimal", "full"]
+    checks: list[CheckResult]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        """The most severe status over all checks."""
+        return worst([c.status for c in self.checks])
+
+    def failed(self, fail_on: str = "fail") -> bool:
+        """True when some check reaches `fail_on` ("warn" or "fail")."""
+        return STATUS_RANK[self.status] >= STATUS_RANK[fail_on]
+
+    def check(self, name: str) -> CheckResult:
+        """The result of the check called `name`."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report in the documented JSON contract."""
+        return {
+            "dataset": self.dataset,
+            "mode": self.mode,
+            "status": self.status,
+            **self.info,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def ids_text(ids: list[int], limit: int = 8) -> str:
+    """A short list of episode ids for a message: "1, 4, 9 and 12 more"."""
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return f"{shown} and {len(ids) - limit} more" if len(ids) > limit else shown
+
+
+def plural(n: int, word: str) -> str:
+    """`n word` with an `s` when n != 1."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

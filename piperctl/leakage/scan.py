@@ -1,0 +1,364 @@
+"""Streaming Polars scans over the data files: per-episode aggregates and frame hashes, batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from piperctl.errors import PiperctlError
+from piperctl.leakage.layout import STRUCT_COLUMNS, DataFile, Layout, one_line
+
+BATCH_ROWS = 1_000_000  # rows per query: big enough to amortise planning, small enough to show progress
+MATERIALIZE_FILES = 4  # batches of more files are read into memory before querying
+FROZEN_FEATURES = ("observation.state", "action")
+_FROZEN_SCHEMA = {
+    "episode_index": pl.Int64,
+    "feature": pl.String,
+    "start_frame": pl.Int64,
+    "length": pl.UInt32,
+}
+_CLASSES_SCHEMA = {"cls": pl.UInt32, "episode_index": pl.Int64, "frame_index": pl.Int64}
+
+ep, fi, idx = pl.col("episode_index"), pl.col("frame_index"), pl.col("index")
+# A run boundary: the episode changes, or a new file starts (an episode never continues across files).
+_new_run = ((ep != ep.shift(1)) | (pl.col("_file") != pl.col("_file").shift(1))).fill_null(True)
+
+
+@dataclass
+class Batch:
+    """Consecutive data files scanned by one query, and the global row number of its first row."""
+
+    files: list[DataFile]
+    first_row: int
+
+    @property
+    def rows(self) -> int:
+        """Rows in the batch's files."""
+        return sum(f.rows for f in self.files)
+
+    def scan(self) -> pl.LazyFrame:
+        """A lazy scan of the batch with `_file` (the path of each row's file) and `_row` (global row number)."""
+        lf = pl.scan_parquet([f.path for f in self.files], include_file_paths="_file")
+        return lf.with_row_index("_row", offset=self.first_row)
+
+
+def batches(files: list[DataFile], rows_per_batch: int | None = None) -> list[Batch]:
+    """Group consecutive files into batches of about `rows_per_batch` (default BATCH_ROWS) rows."""
+    rows_per_batch = rows_per_batch or BATCH_ROWS
+    out: list[Batch] = []
+    current: list[DataFile] = []
+    first = seen = in_batch = 0
+    for f in files:
+        current.append(f)
+        seen += f.rows
+        in_batch += f.rows
+        if in_batch >= rows_per_batch:
+            out.append(Batch(current, first))
+            current, first, in_batch = [], seen, 0
+    if current:
+        out.append(Batch(current, first))
+    return out
+
+
+def _collect(batch: Batch, queries: list[pl.LazyFrame], columns: list[str]) -> list[pl.DataFrame]:
+    try:
+        return pl.collect_all(queries, engine="streaming")
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as e:
+        raise _culprit(batch, columns, e) from e
+
+
+def _culprit(batch: Batch, columns: list[str], error: Exception) -> PiperctlError:
+    # The query names no file; reading each file of the failed batch finds the broken one.
+    for f in batch.files:
+        try:
+            pq.ParquetFile(f.path).read(columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            return PiperctlError(f"{f.rel}: cannot read the data ({one_line(e)})", exit_code=2)
+    first = one_line(error)
+    names = ", ".join(f.rel for f in batch.files[:3]) + (" …" if len(batch.files) > 3 else "")
+    return PiperctlError(f"{names}: cannot scan the data ({first})", exit_code=2)
+
+
+def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Per-episode ranges and per (episode, file) fault counts, from the four bookkeeping columns."""
+    ts = pl.col("timestamp").cast(pl.Float64)
+    period = 1.0 / fps
+    if lf.collect_schema()["timestamp"] == pl.Float32:
+        # float32 timestamps of long episodes cannot be closer to k/fps than their own rounding
+        # (2.4e-4 s at one hour); two roundings per step are allowed on top of the tolerance.
+        tolerance = tolerance_s + ts.abs() * 2.0**-22
+    else:
+        tolerance = pl.lit(tolerance_s)
+    new = pl.col("_new")
+    cont = ~new
+    dfi = fi - fi.shift(1)
+    didx = idx - idx.shift(1)
+    dts = ts - ts.shift(1)
+    dev = (dts - period).abs()
+    # Row flags first, plain sums/mins after: aggregations with a filter inside are many times slower.
+    flags = {
+        "fi_start": new & (fi != 0),
+        "fi_repeat": cont & (dfi == 0),
+        "fi_back": cont & (dfi < 0),
+        "fi_skip": cont & (dfi > 1),
+        "idx_step": cont & (didx != 1),
+        "ts_nonmono": cont & (dts <= 0),
+        "ts_gap": cont & (dts > 1.5 * period),
+        "ts_jitter": cont & (dts > 0) & (dts <= 1.5 * period) & (dev > tolerance),
+    }
+    rows = lf.select("episode_index", "frame_index", "index", "timestamp", "_file", "_row").with_columns(
+        _new=_new_run
+    )
+    rows = rows.with_columns(
+        **{k: v.fill_null(False) for k, v in flags.items()}, _dev=pl.when(cont).then(dev)
+    )
+    at = {
+        "fi_start_at": pl.col("fi_start"),
+        "fi_first_bad": pl.col("fi_repeat") | pl.col("fi_back") | pl.col("fi_skip"),
+        "ts_first_bad": pl.col("ts_nonmono") | pl.col("ts_gap") | pl.col("ts_jitter"),
+    }
+    rows = rows.with_columns(**{k: pl.when(v).then(fi) for k, v in at.items()})
+    # Grouping by episode alone is cheap; the per-file view only needs the rare rows that start a
+    # run or carry a fault, so those are grouped by (episode, file) separately.
+    bulk = rows.group_by("episode_index").agg(
+        rows=pl.len(),
+        first_row=pl.col("_row").min(),
+        fi_min=fi.min(),
+        fi_max=fi.max(),
+        fi_null=fi.null_count(),
+        idx_min=idx.min(),
+        idx_max=idx.max(),
+        idx_null=idx.null_count(),
+        ts_null=pl.col("timestamp").null_count(),
+        ts_max_dev=pl.col("_dev").max(),
+    )
+    events = (
+        rows.filter(pl.any_horizontal("_new", *flags))
+        .group_by("episode_index", "_file")
+        .agg(
+            runs=new.sum(),
+            **{k: pl.col(k).sum() for k in flags},
+            **{k: pl.col(k).min() for k in at},
+        )
+    )
+    return bulk, events
+
+
+def _is_float(dtype: pl.DataType) -> bool:
+    inner = dtype.inner if isinstance(dtype, pl.Array | pl.List) else dtype  # type: ignore[union-attr]
+    return inner.is_float()
+
+
+def _dims(col: str, dtype: pl.DataType, width: int) -> list[pl.Expr]:
+    if isinstance(dtype, pl.Array):
+        return [pl.col(col).arr.get(i) for i in range(dtype.size)]
+    if isinstance(dtype, pl.List):
+        # Variable-length lists (older writers): the declared shape says how many values to look at.
+        return [pl.col(col).list.get(i, null_on_oob=True) for i in range(max(width, 1))]
+    return [pl.col(col)]
+
+
+def _row_sum(col: str, dtype: pl.DataType) -> pl.Expr:
+    """Sum of a frame's values in float64: NaN or Inf anywhere makes it non-finite.
+
+    One row-wise sum is several times cheaper than a finiteness test per dimension; float64 keeps
+    large but finite float32 values (up to 3.4e38) from overflowing into a false Inf.
+    """
+    if isinstance(dtype, pl.Array):
+        return pl.col(col).cast(pl.Array(pl.Float64, dtype.size)).arr.sum()
+    if isinstance(dtype, pl.List):
+        return pl.col(col).cast(pl.List(pl.Float64)).list.sum()
+    return pl.col(col).cast(pl.Float64)
+
+
+def content_queries(
+    lf: pl.LazyFrame,
+    schema: pl.Schema,
+    features: list[str],
+    frozen_frames: int,
+    widths: dict[str, int] | None = None,
+) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
+    """Three queries over one batch: frame hashes, per-episode value stats, and frozen runs."""
+    base = lf.with_columns(_new=_new_run)
+    frames = base.select(
+        _h=pl.struct(features).hash(seed=0x51EE),
+        _row=pl.col("_row").cast(pl.UInt64),
+    )
+    aggs: list[pl.Expr] = []
+    for c in features:
+        dims = _dims(c, schema[c], (widths or {}).get(c, 1))
+        if _is_float(schema[c]):
+            aggs.append((~_row_sum(c, schema[c]).is_finite()).sum().alias(f"nonfinite|{c}"))
+            if not c.startswith("next."):
+                aggs += [d.min().alias(f"min|{c}|{i}") for i, d in enumerate(dims)]
+                aggs += [d.max().alias(f"max|{c}|{i}") for i, d in enumerate(dims)]
+        aggs.append(pl.col(c).null_count().alias(f"null|{c}"))
+    stats = base.group_by("episode_index").agg(*aggs, rows=pl.len())
+    runs = []
+    for c in (f for f in FROZEN_FEATURES if f in features):
+        same = (pl.col(c) == pl.col(c).shift(1)) & ~pl.col("_new")
+        # A run of L identical values has L-1 "same as previous" rows; only those need grouping.
+        runs.append(
+            base.with_columns(_same=same.fill_null(False))
+            .with_columns(_run=(~pl.col("_same")).cum_sum())
+            .filter(pl.col("_same"))
+            .group_by("_run")
+            .agg(
+                episode_index=ep.max(),
+                start_frame=fi.min() - 1,
+                length=pl.len() + 1,
+            )
+            .filter(pl.col("length") >= frozen_frames)
+            .select("episode_index", pl.lit(c).alias("feature"), "start_frame", "length")
+        )
+    frozen = (
+        pl.concat(runs)
+        if runs
+        else pl.LazyFrame(
+            schema={
+                "episode_index": pl.Int64,
+                "feature": pl.String,
+                "start_frame": pl.Int64,
+                "length": pl.UInt32,
+            }
+        )
+    )
+    return frames, stats, frozen
+
+
+@dataclass
+class ScanResult:
+    """What the scans produced: per (episode, file) structure stats and, in full mode, content."""
+
+    episodes: pl.DataFrame  # per episode (one row per batch it appears in): rows, index ranges, nulls
+    runs: pl.DataFrame  # per (episode, file): runs of rows and fault counts
+    content_stats: pl.DataFrame | None = None
+    frozen: pl.DataFrame | None = None
+    classes: pl.DataFrame | None = None  # (cls, episode_index, frame_index): frames that occur more than once
+    candidate_rows: int = 0
+    features: list[str] = field(default_factory=list)
+
+
+def _rel_files(df: pl.DataFrame, files: list[DataFile]) -> pl.DataFrame:
+    mapping = {str(f.path): f.rel for f in files}
+    return df.with_columns(
+        pl.col("_file").replace_strict(mapping, default=pl.col("_file")).alias("file")
+    ).drop("_file")
+
+
+def scan_dataset(
+    layout: Layout,
+    *,
+    full: bool,
+    features: list[str],
+    tolerance_s: float,
+    frozen_frames: int,
+    progress: Callable[[int], None] = lambda n: None,
+) -> ScanResult:
+    """Scan every data file once; `progress(rows)` is called after each batch."""
+    columns = list(STRUCT_COLUMNS) + (features if full else [])
+    all_batches = batches(layout.files)
+    content = full and bool(features)
+    bulk_parts, event_parts, stat_parts, frozen_parts, frame_parts = [], [], [], [], []
+    schema = None
+    for batch in all_batches:
+        lf = batch.scan().select([*columns, "_file", "_row"])
+        if len(batch.files) > MATERIALIZE_FILES:
+            # Shift-based queries straight over a scan of many small files (v2.1) run ~10x slower
+            # than over the same rows read once; with few big files the direct scan is cheaper.
+            lf = _collect(batch, [lf], columns)[0].lazy()
+        if schema is None:
+            schema = lf.collect_schema()
+        queries = list(structure_query(lf, layout.fps, tolerance_s))
+        if content:
+            widths = {c: len(layout.dim_names.get(c, [])) for c in features}
+            queries += list(content_queries(lf, schema, features, frozen_frames, widths))
+        results = _collect(batch, queries, columns)
+        bulk_parts.append(results[0])
+        event_parts.append(results[1])
+        if content:
+            frame_parts.append(results[2])
+            stat_parts.append(results[3])
+            frozen_parts.append(results[4])
+        del lf
+        progress(batch.rows)
+    result = ScanResult(
+        episodes=pl.concat(bulk_parts, how="vertical_relaxed"),
+        runs=_rel_files(pl.concat(event_parts, how="vertical_relaxed"), layout.files),
+        features=features,
+    )
+    if not full:
+        return result
+    if not content:
+        result.content_stats = pl.DataFrame(
+            {"episode_index": [], "rows": []}, schema={"episode_index": pl.Int64, "rows": pl.UInt32}
+        )
+        result.frozen = pl.DataFrame(schema=_FROZEN_SCHEMA)
+        result.classes = pl.DataFrame(schema=_CLASSES_SCHEMA)
+        return result
+    assert schema is not None
+    result.content_stats = _merge_stats(pl.concat(stat_parts, how="vertical_relaxed"))
+    result.frozen = pl.concat(frozen_parts, how="vertical_relaxed").sort(
+        "episode_index", "feature", "start_frame"
+    )
+    result.classes, result.candidate_rows = _exact_classes(all_batches, frame_parts, features, columns)
+    return result
+
+
+def _merge_stats(stats: pl.DataFrame) -> pl.DataFrame:
+    # An episode split over batches has several rows; fold them into one.
+    aggs = []
+    for c in stats.columns:
+        if c == "episode_index":
+            continue
+        if c.startswith("min|"):
+            aggs.append(pl.col(c).min())
+        elif c.startswith("max|"):
+            aggs.append(pl.col(c).max())
+        else:
+            aggs.append(pl.col(c).sum())
+    return stats.group_by("episode_index").agg(aggs).sort("episode_index")
+
+
+def _exact_classes(
+    all_batches: list[Batch], frame_parts: list[pl.DataFrame], features: list[str], columns: list[str]
+) -> tuple[pl.DataFrame, int]:
+    """Frames whose content occurs more than once, grouped into classes of exactly equal content.
+
+    Hashes only nominate candidates; the classes come from grouping on the values themselves, so a
+    hash collision can never make two different frames look equal.
+    """
+    empty = pl.DataFrame(schema=_CLASSES_SCHEMA)
+    # Sorting the bare hashes and comparing neighbours finds the repeated ones fastest (a group-by
+    # over millions of keys costs twice as much); usually there are none, or a few.
+    hashes = pl.concat([p["_h"] for p in frame_parts]).sort()
+    repeated = hashes.filter((hashes == hashes.shift(1)) | (hashes == hashes.shift(-1))).unique()
+    del hashes
+    if repeated.len() == 0:
+        return empty, 0
+    candidates = pl.concat(frame_parts).filter(pl.col("_h").is_in(repeated.implode())).select("_row")
+    if candidates.height == 0:
+        return empty, 0
+    rows = candidates["_row"]
+    parts = []
+    for batch in all_batches:
+        lo, hi = batch.first_row, batch.first_row + batch.rows
+        wanted = rows.filter((rows >= lo) & (rows < hi))
+        if wanted.len() == 0:
+            continue
+        lf = batch.scan().filter(pl.col("_row").is_in(wanted.implode()))
+        q = lf.select("episode_index", "frame_index", *features)
+        parts.append(_collect(batch, [q], columns)[0])
+    picked = pl.concat(parts, how="vertical_relaxed")
+    classes = (
+        picked.group_by(features)
+        .agg("episode_index", "frame_index")
+        .with_row_index("cls")
+        .select("cls", "episode_index", "frame_index")
+        .explode("episode_index", "frame_index")
+    )
+    return classes, candidates.height
