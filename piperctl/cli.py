@@ -90,6 +90,353 @@ def dataset_synth(
 
 
 # ---------------------------------------------------------------------------------------------
+# piperctl checkpoints list|verify
+
+checkpoints_app = typer.Typer(
+    help="See a run's checkpoints and prove them intact and loadable.", no_args_is_help=True
+)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@checkpoints_app.command("list")
+def checkpoints_list(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder (default: the current folder).", metavar="RUN_DIR", show_default=False
+        ),
+    ] = Path("."),
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list (see docs/checkpoint-format.md).")
+    ] = False,
+) -> None:
+    """Checkpoints of a run, newest last: losses, size, state, and which one 'resume' would pick."""
+    import json
+
+    from piperctl.runs import list_run, print_rows
+
+    rows = list_run(run_dir)
+    if json_out:
+        typer.echo(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        print_rows(run_dir, rows)
+
+
+@checkpoints_app.command("verify")
+def checkpoints_verify(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="checkpoint-N folders or run folders (default: the current folder).",
+            show_default=False,
+            metavar="PATH",
+        ),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Manifest and sizes only: no hashing, no loading (for huge runs).")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (see docs/checkpoint-format.md).")
+    ] = False,
+) -> None:
+    """Check every file against the manifest (sha256) and load every part; exit 1 if any checkpoint fails."""
+    import json
+
+    from piperctl.verify import print_reports, reports_json, verify_paths
+
+    reports = verify_paths(paths or [Path(".")], quick=quick, progress=not json_out)
+    if json_out:
+        typer.echo(json.dumps(reports_json(reports, quick), indent=2))
+    else:
+        print_reports(reports, quick)
+    raise typer.Exit(0 if all(r.passed for r in reports) else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# piperctl train / resume
+
+_RESUME_HELP = "Options that may change on resume"
+
+
+_NUM_PROCESSES_HELP = (
+    "Train with N processes on this machine (data-parallel: one per GPU, or CPU processes with gloo). "
+    "Under torchrun/accelerate launch leave it at 1. See docs/distributed.md."
+)
+
+
+def _launch_workers(ctx: typer.Context, num_processes: int, run_hint: Path) -> None:
+    """Start `num_processes` copies of this command as the ranks of one run, and exit with their code."""
+    from piperctl.distributed import launch_local, relaunch_args
+
+    if _debug_enabled():
+        os.environ["PIPERCTL_DEBUG"] = "1"
+    raise typer.Exit(launch_local(num_processes, relaunch_args(ctx), resume_hint=str(run_hint)))
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run folder (new or empty).")],
+    dataset_id: Annotated[
+        str, typer.Option(help="Hub dataset id (or the repo_id of --dataset-root).")
+    ] = "ISdept/piper_arm",
+    dataset_root: Annotated[Path | None, typer.Option(help="Local LeRobot dataset folder.")] = None,
+    policy: Annotated[str, typer.Option(help="lerobot policy type: act, diffusion, ...")] = "act",
+    policy_opt: Annotated[
+        list[str] | None,
+        typer.Option("--policy-opt", help="Set a policy config field, KEY=VALUE (JSON values); repeatable."),
+    ] = None,
+    policy_config: Annotated[
+        Path | None, typer.Option(help="TOML or JSON file of policy config fields.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Batch size (per process).")] = 8,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every K steps.")] = 500,
+    keep_last: Annotated[int, typer.Option(help="Keep the newest L checkpoints (0 keeps all).")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 1000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the policy's preset).")] = None,
+    val_episodes: Annotated[
+        str | None, typer.Option(help="Held-out episodes: a count (last N), a range A:B, or ids i,j.")
+    ] = None,
+    eval_every: Annotated[int, typer.Option(help="Validation every K steps (default: --save-every).")] = 0,
+    log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every K steps.")] = 1,
+    resume_from_checkpoint: Annotated[
+        Path | None, typer.Option(help="Continue from this checkpoint instead (same as 'piperctl resume').")
+    ] = None,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this checkpoint's weights (fresh optimizer, step 0).")
+    ] = None,
+    allow_dataset_change: Annotated[
+        bool, typer.Option(help="With --resume-from-checkpoint: accept a changed dataset.")
+    ] = False,
+    num_processes: Annotated[int, typer.Option(help=_NUM_PROCESSES_HELP, min=1)] = 1,
+) -> None:
+    """Train a LeRobot policy, saving verified checkpoint-N folders as it goes."""
+    if num_processes > 1:
+        _launch_workers(ctx, num_processes, output_dir)
+    from piperctl.policy import parse_policy_options
+    from piperctl.training import resume, train
+
+    if resume_from_checkpoint is not None:
+        resume(
+            resume_from_checkpoint,
+            output_dir=output_dir,
+            steps=steps,
+            save_every=save_every,
+            keep_last=keep_last,
+            num_workers=num_workers,
+            device=device,
+            allow_dataset_change=allow_dataset_change,
+        )
+        return
+    train(
+        output_dir,
+        dataset_id=dataset_id,
+        dataset_root=dataset_root,
+        policy=policy,
+        policy_options=parse_policy_options(policy_opt, policy_config),
+        steps=steps,
+        batch_size=batch_size,
+        save_every=save_every,
+        keep_last=keep_last,
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+        lr=lr,
+        val_episodes=val_episodes,
+        eval_every=eval_every,
+        log_every=log_every,
+        init_from=str(init_from) if init_from else None,
+    )
+
+
+@app.command("resume")
+def resume_cmd(
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(help="A checkpoint-N folder, or a run folder (newest intact checkpoint).")
+    ],
+    steps: Annotated[
+        int | None, typer.Option(help="New total steps (to extend the run).", rich_help_panel=_RESUME_HELP)
+    ] = None,
+    save_every: Annotated[int | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
+    keep_last: Annotated[int | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
+    num_workers: Annotated[int | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
+    device: Annotated[str | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
+    allow_dataset_change: Annotated[
+        bool, typer.Option(help="Resume even if the dataset's fingerprint changed.")
+    ] = False,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            help=_NUM_PROCESSES_HELP + " May differ from the checkpoint's.",
+            min=1,
+            rich_help_panel=_RESUME_HELP,
+        ),
+    ] = 1,
+) -> None:
+    """Continue a run exactly where a checkpoint left it."""
+    if num_processes > 1:
+        from piperctl.checkpoint import step_of
+
+        # After a crash the run's newest intact checkpoint is the one to go on from, not PATH's.
+        _launch_workers(ctx, num_processes, path if step_of(path) is None else path.parent)
+    from piperctl.training import resume
+
+    resume(
+        path,
+        steps=steps,
+        save_every=save_every,
+        keep_last=keep_last,
+        num_workers=num_workers,
+        device=device,
+        allow_dataset_change=allow_dataset_change,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# piperctl leakage full|minimal DATASET  (also: piperctl leakage DATASET [--minimal])
+
+from enum import StrEnum  # noqa: E402 - kept inside the leakage block so it stays one contiguous edit
+
+from typer.core import TyperGroup  # noqa: E402
+
+
+class _LeakageGroup(TyperGroup):
+    """`leakage` sub-commands, where a first word that names no sub-command is the DATASET of `full`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["full", *args]
+        return super().parse_args(ctx, args)
+
+
+class _FailOn(StrEnum):
+    warn = "warn"
+    fail = "fail"
+
+
+leakage_app = typer.Typer(
+    cls=_LeakageGroup,
+    no_args_is_help=True,
+    help=(
+        "Scan a LeRobot dataset for leakage and integrity faults. "
+        "'piperctl leakage DATASET' runs 'full'; add --minimal for the quick index/timestamp checks."
+    ),
+)
+app.add_typer(leakage_app, name="leakage")
+
+_LkDataset = Annotated[
+    str | None, typer.Argument(help="Dataset folder or Hub repo id (owner/name).", show_default=False)
+]
+_LkRoot = Annotated[Path | None, typer.Option("--dataset-root", help="Dataset folder (instead of DATASET).")]
+_LkJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON (see docs/leakage.md).")]
+_LkMarkdown = Annotated[
+    Path | None, typer.Option("--markdown", help="Also write the report as Markdown to FILE.")
+]
+_LkFailOn = Annotated[_FailOn, typer.Option("--fail-on", help="Exit 1 when a check reaches this status.")]
+_LkSplit = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--split", help="NAME=RANGES, e.g. val=40:50 (repeatable; default: splits in meta/info.json)."
+    ),
+]
+_LkTolerance = Annotated[
+    float, typer.Option("--tolerance-s", help="Allowed timestamp step error (s).", min=0.0)
+]
+_LkFrozen = Annotated[
+    float, typer.Option("--frozen-seconds", help="Report state/action streams frozen this long.", min=0.0)
+]
+_LkShared = Annotated[
+    int, typer.Option("--min-shared-frames", help="Report episode pairs sharing at least N frames.", min=1)
+]
+_LkProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show scan progress on stderr.")]
+
+
+def _leakage_run(
+    minimal: bool,
+    dataset: str | None,
+    dataset_root: Path | None,
+    json_out: bool,
+    markdown: Path | None,
+    fail_on: _FailOn,
+    split: list[str] | None,
+    tolerance_s: float,
+    frozen_seconds: float,
+    min_shared_frames: int,
+    progress: bool,
+) -> None:
+    from piperctl.leakage import DatasetLeakageTester, Thresholds
+    from piperctl.leakage.report import print_report, to_json, to_markdown
+
+    if dataset is not None and dataset_root is not None:
+        raise PiperctlError("give DATASET or --dataset-root, not both")
+    target = dataset if dataset is not None else dataset_root
+    if target is None:
+        raise PiperctlError(
+            "no dataset given", hint="run 'piperctl leakage full DATASET' or pass --dataset-root"
+        )
+    tester = DatasetLeakageTester(
+        target,
+        splits=split or None,
+        thresholds=Thresholds(
+            tolerance_s=tolerance_s, frozen_seconds=frozen_seconds, min_shared_frames=min_shared_frames
+        ),
+        progress=progress,
+    )
+    report = tester.run_minimal_tests() if minimal else tester.run_all_tests()
+    if markdown is not None:
+        try:
+            markdown.write_text(to_markdown(report))
+        except OSError as e:
+            raise PiperctlError(f"cannot write {markdown}: {e.strerror or e}") from e
+    if json_out:
+        typer.echo(to_json(report))
+    else:
+        print_report(report)
+    raise typer.Exit(1 if report.failed(fail_on.value) else 0)
+
+
+@leakage_app.command("full")
+def leakage_full(
+    dataset: _LkDataset = None,
+    dataset_root: _LkRoot = None,
+    minimal: Annotated[bool, typer.Option("--minimal", help="Run only the minimal checks.")] = False,
+    json_out: _LkJson = False,
+    markdown: _LkMarkdown = None,
+    fail_on: _LkFailOn = _FailOn.fail,
+    split: _LkSplit = None,
+    tolerance_s: _LkTolerance = 1e-4,
+    frozen_seconds: _LkFrozen = 2.0,
+    min_shared_frames: _LkShared = 1,
+    progress: _LkProgress = True,
+) -> None:
+    """Every check: indices, timestamps, metadata, duplicate/frozen/NaN data, cross-episode and split leakage."""
+    _leakage_run(
+        minimal, dataset, dataset_root, json_out, markdown, fail_on, split,
+        tolerance_s, frozen_seconds, min_shared_frames, progress,
+    )  # fmt: skip
+
+
+@leakage_app.command("minimal")
+def leakage_minimal(
+    dataset: _LkDataset = None,
+    dataset_root: _LkRoot = None,
+    json_out: _LkJson = False,
+    markdown: _LkMarkdown = None,
+    fail_on: _LkFailOn = _FailOn.fail,
+    tolerance_s: _LkTolerance = 1e-4,
+    progress: _LkProgress = True,
+) -> None:
+    """Quick checks reading only episode_index, frame_index, index, timestamp and the metadata."""
+    _leakage_run(
+        True, dataset, dataset_root, json_out, markdown, fail_on, None, tolerance_s, 2.0, 1, progress
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,9 +448,12 @@ def main(argv: list[str] | None = None) -> None:
     except PiperctlError as e:
         if debug:
             traceback.print_exc()
-        fail_line(str(e))
+        if not e.silent:  # another rank of a multi-process run reports the same error
+            fail_line(str(e))
         sys.exit(e.exit_code)
     except click_exc.UsageError as e:
+        if isinstance(e, click_exc.NoArgsIsHelpError) or not e.format_message().strip():
+            sys.exit(2)  # the help was already shown; like click, a bare group call is a usage error
         if debug:
             traceback.print_exc()
         where = f"'{e.ctx.command_path} --help'" if e.ctx is not None else "'piperctl --help'"
@@ -112,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.ClickException as e:
         fail_line(e.format_message())
         sys.exit(e.exit_code)
-    except (click_exc.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):  # typer >= 0.20 has no click_exc.Abort
         fail_line("interrupted")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks for users

@@ -22,16 +22,26 @@ from rich.progress import (
 # `piperctl ... --json > out.json` stays machine-readable.
 out = Console()
 err = Console(stderr=True)
+# The rank of this process in a multi-process run: only rank 0 logs and draws progress, so N processes
+# read like one; the others still print their own errors, marked with their rank.
+_rank = 0
+
+
+def set_rank(rank: int) -> None:
+    """Tell the console which rank of a multi-process run this process is (0 when alone)."""
+    global _rank
+    _rank = rank
 
 
 def is_interactive() -> bool:
     """True when stderr is a terminal, so live progress bars make sense."""
-    return err.is_terminal and not err.is_dumb_terminal
+    return _rank == 0 and err.is_terminal and not err.is_dumb_terminal
 
 
 def log(message: str) -> None:
-    """Print one plain progress/log line on stderr."""
-    err.print(message, highlight=False, soft_wrap=True)
+    """Print one plain progress/log line on stderr (rank 0 only)."""
+    if _rank == 0:
+        err.print(message, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -90,7 +100,8 @@ def progress_bar(description: str, total: int, log_every_s: float = 10.0) -> Ite
 
 def fail_line(message: str) -> None:
     """Print the single red error line of the CLI convention."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    where = f"\\[rank {_rank}] " if _rank else ""
+    err.print(f"{where}[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def stdout_is_terminal() -> bool:

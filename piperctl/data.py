@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,21 +181,59 @@ class SeededDataset(torch.utils.data.Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields `(epoch, frame index)` from lerobot's EpisodeAwareSampler, starting at a saved position."""
+    """Yields `(epoch, frame index)` from lerobot's EpisodeAwareSampler, from a saved position, for one rank.
 
-    def __init__(self, inner) -> None:
+    With several processes a global batch is `batch_size * world_size` consecutive positions of the
+    epoch order and rank r takes its r-th `batch_size` of them, so the order (and a saved position, in
+    global samples) is the same for any number of processes. For training (`drop_incomplete`) an
+    epoch's incomplete last global batch is skipped, as DDP needs every rank to take a step; the next
+    epoch is shuffled anew, so no frame is left out every time. One process keeps today's order exactly.
+    """
+
+    def __init__(
+        self, inner, batch_size: int = 1, rank: int = 0, world_size: int = 1, drop_incomplete: bool = True
+    ) -> None:
         self.inner = inner
         self.epoch = 0
         self.start = 0
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_incomplete = drop_incomplete
+
+    @property
+    def global_batch(self) -> int:
+        """Positions of the epoch order consumed by one step of all ranks together."""
+        return self.batch_size * self.world_size
+
+    def global_count(self, local: int) -> int:
+        """Samples all ranks took in a step in which this rank took `local` (full batches if several)."""
+        return local if self.world_size == 1 else self.global_batch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         self.inner.load_state_dict({"epoch": epoch, "start_index": self.start})
-        for index in self.inner:
-            yield epoch, index
+        if self.world_size == 1:
+            for index in self.inner:
+                yield epoch, index
+            return
+        order = iter(self.inner)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        while chunk := list(itertools.islice(order, self.global_batch)):
+            if len(chunk) < self.global_batch and self.drop_incomplete:
+                return
+            for index in chunk[mine]:
+                yield epoch, index
 
     def __len__(self) -> int:
-        return len(self.inner) - self.start
+        remaining = len(self.inner) - self.start
+        if self.world_size == 1:
+            return remaining
+        full, tail = divmod(remaining, self.global_batch)
+        n = full * self.batch_size
+        if tail and not self.drop_incomplete:
+            n += min(self.batch_size, max(0, tail - self.rank * self.batch_size))
+        return n
 
 
 @dataclass
@@ -237,11 +276,11 @@ def make_loader(dataset, sampler: EpochSampler, batch_size: int, num_workers: in
 
 
 def batches(loader, sampler: EpochSampler, position: DataPosition) -> Iterator[dict]:
-    """Endless batches from `position`; updates `position` in place after each batch is handed out."""
+    """Endless batches from `position`; updates `position` (in global samples) after each batch is handed out."""
     while True:
         sampler.epoch, sampler.start = position.epoch, position.offset
         for batch in loader:
-            position.offset += len(batch["index"])
+            position.offset += sampler.global_count(len(batch["index"]))
             yield batch
         position.epoch += 1
         position.offset = 0

@@ -7,6 +7,8 @@ class PiperctlError(Exception):
     """An expected failure: the CLI prints it as one line on stderr and exits with `exit_code`."""
 
     exit_code: int = 2
+    # Set on the other ranks of a multi-process run when one rank already reports the same error.
+    silent: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None) -> None:
         super().__init__(message)

@@ -1,4 +1,10 @@
-"""Capture and restore every random generator a training run touches, without pickle."""
+"""Capture and restore every random generator a training run touches, without pickle.
+
+A checkpoint holds the generators of every rank of the run that wrote it. Rank 0's states sit under
+the keys a single-process checkpoint uses (`torch_cpu`, `python`, ...), rank r's under `rank<r>.` in
+rng_state.safetensors and `ranks["<r>"]` in rng_state.json, so a one-process checkpoint is simply a
+checkpoint with one rank.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +18,18 @@ from safetensors.torch import load_file, save_file
 
 from piperctl.checkpoint import RNG_STATE_JSON, RNG_STATE_TENSORS
 
+# One process's generators: torch states as tensors, python and numpy states as JSON.
+RngState = tuple[dict[str, torch.Tensor], dict]
 
-def save_rng_state(folder: Path) -> None:
-    """Write python, numpy, torch CPU and CUDA generator states into `folder`."""
+
+def capture_rng_state() -> RngState:
+    """This process's python, numpy, torch CPU and CUDA/MPS generator states."""
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda_{i}"] = state
     if hasattr(torch, "mps") and torch.backends.mps.is_available():
         tensors["torch_mps"] = torch.mps.get_rng_state()
-    save_file(tensors, str(folder / RNG_STATE_TENSORS))
     version, py_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     data = {
@@ -34,19 +42,56 @@ def save_rng_state(folder: Path) -> None:
             "cached_gaussian": float(cached),
         },
     }
+    return tensors, data
+
+
+def _prefix(rank: int) -> str:
+    return "" if rank == 0 else f"rank{rank}."
+
+
+def save_rng_states(folder: Path, states: list[RngState]) -> None:
+    """Write the generator states of every rank (`states[r]` is rank r's) into `folder`."""
+    tensors: dict[str, torch.Tensor] = {}
+    for rank, (rank_tensors, _) in enumerate(states):
+        tensors.update({_prefix(rank) + k: v for k, v in rank_tensors.items()})
+    save_file(tensors, str(folder / RNG_STATE_TENSORS))
+    data = dict(states[0][1])
+    data["world_size"] = len(states)
+    if len(states) > 1:
+        data["ranks"] = {str(rank): states[rank][1] for rank in range(1, len(states))}
     (folder / RNG_STATE_JSON).write_text(json.dumps(data) + "\n", encoding="utf-8")
 
 
-def load_rng_state(folder: Path) -> None:
-    """Restore the generator states written by `save_rng_state`."""
-    tensors = load_file(str(folder / RNG_STATE_TENSORS))
+def save_rng_state(folder: Path) -> None:
+    """Write this process's generator states into `folder` (a one-rank checkpoint)."""
+    save_rng_states(folder, [capture_rng_state()])
+
+
+def saved_ranks(folder: Path) -> int:
+    """How many ranks' generator states a checkpoint holds."""
+    data = json.loads((folder / RNG_STATE_JSON).read_text(encoding="utf-8"))
+    return int(data.get("world_size", 1))
+
+
+def load_rng_state(folder: Path, rank: int = 0) -> bool:
+    """Restore rank `rank`'s generator states from `folder`; False (nothing changed) if it has none."""
+    data = json.loads((folder / RNG_STATE_JSON).read_text(encoding="utf-8"))
+    if rank > 0:
+        data = data.get("ranks", {}).get(str(rank))
+        if data is None:
+            return False
+    prefix = _prefix(rank)
+    tensors = {
+        k[len(prefix) :]: v
+        for k, v in load_file(str(folder / RNG_STATE_TENSORS)).items()
+        if k.startswith(prefix) and (rank > 0 or not k.startswith("rank"))
+    }
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     if "torch_mps" in tensors and hasattr(torch, "mps") and torch.backends.mps.is_available():
         torch.mps.set_rng_state(tensors["torch_mps"])
-    data = json.loads((folder / RNG_STATE_JSON).read_text(encoding="utf-8"))
     py = data["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     npy = data["numpy"]
@@ -59,6 +104,7 @@ def load_rng_state(folder: Path) -> None:
             npy["cached_gaussian"],
         )
     )
+    return True
 
 
 def seed_everything(seed: int) -> None:

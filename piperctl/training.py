@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from piperctl import __version__
+from piperctl import __version__, distributed
 from piperctl import checkpoint as ckpt
 from piperctl.console import log, progress_bar
 from piperctl.errors import PiperctlError
@@ -132,14 +132,20 @@ def train(
     resume_from_checkpoint: str | Path | None = None,
     **options: Any,
 ) -> TrainResult:
-    """Train a LeRobot policy into `output_dir`, or continue from `resume_from_checkpoint`."""
+    """Train a LeRobot policy into `output_dir`, or continue from `resume_from_checkpoint`.
+
+    Started by torchrun or `accelerate launch`, every process calls this and becomes one rank of a
+    data-parallel run (see docs/distributed.md).
+    """
     if resume_from_checkpoint is not None:
         return resume(resume_from_checkpoint, output_dir=output_dir, dataset_id=dataset_id, **options)
-    cfg = _make_config(output_dir, dataset_id, options)
-    run_dir = Path(cfg.output_dir)
-    _refuse_existing_run(run_dir)
-    run_id = uuid.uuid4().hex
-    return Trainer(cfg, run_dir, run_id).run(start=None)
+    with distributed.errors_once():
+        cfg = _make_config(output_dir, dataset_id, options)
+        dist = distributed.init(lambda: resolve_device(cfg.device))
+        run_dir = Path(cfg.output_dir)
+        dist.all_or_none(lambda: _refuse_existing_run(run_dir), main_only=True)
+        run_id = dist.broadcast(uuid.uuid4().hex)
+        return Trainer(cfg, run_dir, run_id, dist).run(start=None)
 
 
 def _write_run_file(run_dir: Path, run_id: str) -> None:
@@ -201,10 +207,45 @@ def load_training_state(folder: Path) -> dict:
     return state
 
 
+def _saved_device(path: str | Path) -> str:
+    """The device a checkpoint (or a run's newest checkpoint) trains on, read without verifying it."""
+    path = Path(path)
+    folders = [path] if (path / ckpt.TRAINING_STATE).is_file() else ckpt.list_checkpoints(path)[::-1]
+    for folder in folders:
+        try:
+            device = json.loads((folder / ckpt.TRAINING_STATE).read_text(encoding="utf-8"))["config"][
+                "device"
+            ]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        # Only a hint for choosing the process group's backend: the checkpoint is verified afterwards.
+        if device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:"):
+            return str(device)
+    return "auto"
+
+
 def resume(
     path: str | Path, output_dir: str | Path | None = None, dataset_id: str | None = None, **changes: Any
 ) -> TrainResult:
-    """Continue a run exactly where checkpoint `path` (or the newest intact one of a run folder) left it."""
+    """Continue a run exactly where checkpoint `path` (or the newest intact one of a run folder) left it.
+
+    Under a launcher, with any number of processes: the same number continues bit-exactly, another
+    number continues from the same sample and says what changed (docs/distributed.md).
+    """
+    with distributed.errors_once():
+        dist = distributed.init(lambda: resolve_device(changes.get("device") or _saved_device(path)))
+        # Rank 0 checks the checkpoint (hashing it once, not once per rank) and hands the verdict round.
+        cfg, folder, state = dist.all_or_none(
+            lambda: _prepare_resume(path, output_dir, dataset_id, changes), main_only=True
+        )
+        return Trainer(cfg, folder.parent, state["run_id"], dist).run(start=(folder, state))
+
+
+def _prepare_resume(
+    path: str | Path, output_dir: str | Path | None, dataset_id: str | None, changes: dict[str, Any]
+) -> tuple[TrainConfig, Path, dict]:
+    """Check the checkpoint and the requested changes; the config to continue with, the folder, its state."""
+    changes = dict(changes)
     folder, skipped = resolve_checkpoint(path)
     for p, why in skipped:
         log(f"skipping {p.name}: {why}")
@@ -268,7 +309,7 @@ def resume(
             f"the checkpoint is at step {state['step']} and the run ends at step {cfg.steps}",
             hint="pass --steps N with N larger than the checkpoint's step to extend the run",
         )
-    return Trainer(cfg, run_dir, state["run_id"]).run(start=(folder, state))
+    return cfg, folder, state
 
 
 class _Rate:
@@ -301,18 +342,25 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            # A second signal means "now": give the default behaviour back and re-raise it.
-            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-            os.kill(os.getpid(), signum)
+            if signum == signal.SIGINT:
+                # A second Ctrl-C means "now": give the default behaviour back and re-raise it.
+                signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+                os.kill(os.getpid(), signum)
+            # A repeated SIGTERM is a scheduler or launcher resending it (SLURM signals the whole job
+            # step and torchrun forwards it too), not a request to abort: keep saving.
             return
         self.signum = signum
         log(
-            f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step (again to abort)"
+            f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step (Ctrl-C again to abort)"
         )
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process{'es' if n != 1 else ''}"
 
 
 def _now() -> str:
@@ -330,13 +378,26 @@ def _versions() -> dict[str, str]:
     }
 
 
-class Trainer:
-    """One training run: builds the pieces, runs the loop, saves checkpoints."""
+class _NoMetrics:
+    """metrics.jsonl stand-in on the ranks that do not write files."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, run_id: str) -> None:
+    def write(self, record: dict) -> None:
+        """Drop the record (rank 0 writes the mean over ranks)."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class Trainer:
+    """One training run (or one rank of a data-parallel run): builds the pieces, runs the loop, saves checkpoints."""
+
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, run_id: str, dist: distributed.Dist | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.run_id = run_id
+        self.dist = dist or distributed.Dist()
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -346,12 +407,14 @@ class Trainer:
         from piperctl import data, policy, rng
 
         cfg = self.cfg
-        self.device = resolve_device(cfg.device)
-        removed = ckpt.remove_stale_tmp(self.run_dir)
-        if removed:
-            log(
-                f"removed {len(removed)} unfinished save(s) left by an interrupted run: {', '.join(p.name for p in removed)}"
-            )
+        dist = self.dist
+        self.device = dist.device or resolve_device(cfg.device)
+        if dist.is_main:
+            removed = ckpt.remove_stale_tmp(self.run_dir)
+            if removed:
+                log(
+                    f"removed {len(removed)} unfinished save(s) left by an interrupted run: {', '.join(p.name for p in removed)}"
+                )
 
         meta = data.open_metadata(cfg.dataset_id, cfg.dataset_root)
         self.meta = meta
@@ -428,6 +491,8 @@ class Trainer:
         self.optimizer = opt_cfg.build(self.policy.get_optim_params())
         sched_cfg = policy_cfg.get_scheduler_preset()
         self.scheduler = sched_cfg.build(self.optimizer, cfg.steps) if sched_cfg is not None else None
+        self.lr_schedule = self._describe_lr_schedule(sched_cfg)
+        self.topology = [self._topology_entry(0)]
 
         self.step = 0
         self.samples_seen = 0
@@ -452,7 +517,13 @@ class Trainer:
             self.step = int(state["step"])
             self.samples_seen = int(state["samples_seen"])
             self.position = data.DataPosition(int(state["data"]["epoch"]), int(state["data"]["offset"]))
-            rng.load_rng_state(folder)
+            if not rng.load_rng_state(folder, dist.rank):
+                # A rank the checkpoint's run did not have: a fresh stream of its own.
+                rng.seed_everything(rng.derive_seed(cfg.seed, dist.rank, self.step))
+            self.topology = list(state.get("topology") or [self._topology_entry(0, state)])
+            if self.topology[-1]["world_size"] != dist.world_size:
+                self.topology.append(self._topology_entry(self.step))
+                self._log_world_size_change(state, rng.saved_ranks(folder))
             self.resumed_from = folder
         else:
             self.resumed_from = None
@@ -463,15 +534,84 @@ class Trainer:
         inner = data.make_sampler(
             meta, self.train_episodes, shuffle=True, seed=cfg.seed, drop_n_last_frames=drop_last_frames
         )
-        self.sampler = data.EpochSampler(inner)
+        self.sampler = data.EpochSampler(inner, cfg.batch_size, dist.rank, dist.world_size)
+        if dist.world_size > 1 and len(inner) < self.sampler.global_batch:
+            raise PiperctlError(
+                f"the training episodes hold {len(inner)} frames, fewer than one global batch "
+                f"({cfg.batch_size} x {dist.world_size} processes)",
+                hint="lower --batch-size or use fewer processes",
+            )
         pin = self.device.startswith("cuda")
         self.loader = data.make_loader(self.dataset, self.sampler, cfg.batch_size, cfg.num_workers, pin)
         self.epoch_len = len(inner)
         self.val_loader = None
         if val:
-            vs = data.EpochSampler(data.make_sampler(meta, val, shuffle=False, seed=cfg.seed))
+            vs = data.EpochSampler(
+                data.make_sampler(meta, val, shuffle=False, seed=cfg.seed),
+                cfg.batch_size,
+                dist.rank,
+                dist.world_size,
+                drop_incomplete=False,
+            )
             vs.epoch = -1
             self.val_loader = data.make_loader(self.dataset, vs, cfg.batch_size, 0, pin)
+        if start is None and dist.rank > 0:
+            # Same initial weights everywhere (seeded alike above), but each rank its own dropout and
+            # noise from here on; rank 0 keeps the stream a single-process run has.
+            rng.seed_everything(rng.derive_seed(cfg.seed, dist.rank))
+
+    def _describe_lr_schedule(self, sched_cfg: Any) -> dict:
+        """The learning-rate schedule as stored in training_state.json and stated in the log."""
+        lrs = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
+        return {
+            "type": sched_cfg.type if sched_cfg is not None else "constant",
+            "warmup_steps": int(getattr(sched_cfg, "num_warmup_steps", None) or 0),
+            "total_steps": self.cfg.steps,
+            "peak_lr": max(lrs),
+            "param_group_lrs": lrs,
+            # The schedule advances once per optimizer step, whatever the number of processes.
+            "unit": "optimizer step",
+            "scaled_with_world_size": False,
+        }
+
+    def _topology_entry(self, from_step: int, state: dict | None = None) -> dict:
+        """One stretch of the run with a fixed number of processes (from `state` if given)."""
+        world = int(state.get("world_size", 1)) if state else self.dist.world_size
+        per_process = self.cfg.batch_size
+        effective = (
+            int(state.get("effective_batch_size", per_process * world)) if state else per_process * world
+        )
+        return {
+            "from_step": from_step,
+            "world_size": world,
+            "batch_size_per_process": per_process,
+            "effective_batch_size": effective,
+        }
+
+    def _log_world_size_change(self, state: dict, saved_ranks: int) -> None:
+        """Say what resuming with another number of processes changes."""
+        before, now = self.topology[-2], self.topology[-1]
+        left = self.cfg.steps - self.step
+        log(
+            f"world size changed: checkpoint {state['step']} was written by {_processes(before['world_size'])}, "
+            f"this run has {now['world_size']}; effective batch {before['effective_batch_size']} -> "
+            f"{now['effective_batch_size']} samples per step"
+        )
+        log(
+            f"continuing from sample {self.samples_seen} (epoch {self.position.epoch}, position {self.position.offset}) "
+            f"of the same data order; the LR schedule counts optimizer steps and is unchanged, so the remaining "
+            f"{left} step(s) see {left * now['effective_batch_size']} samples instead of {left * before['effective_batch_size']}"
+        )
+        if now["world_size"] > saved_ranks:
+            ranks = (
+                f"rank {saved_ranks}"
+                if now["world_size"] == saved_ranks + 1
+                else f"ranks {saved_ranks}-{now['world_size'] - 1}"
+            )
+            log(f"{ranks}: no saved random state in the checkpoint, starting a fresh stream")
+        log(
+            "a resume with another world size is not bit-exact with either world size (see docs/distributed.md)"
+        )
 
     # -- checkpointing ---------------------------------------------------------------------------
 
@@ -490,8 +630,11 @@ class Trainer:
             },
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "seed": self.cfg.seed,
-            "world_size": 1,
-            "effective_batch_size": self.cfg.batch_size,
+            "world_size": self.dist.world_size,
+            "batch_size_per_process": self.cfg.batch_size,
+            "effective_batch_size": self.cfg.batch_size * self.dist.world_size,
+            "lr_schedule": self.lr_schedule,
+            "topology": self.topology,
             "run_id": self.run_id,
             "config": dataclasses.asdict(self.cfg),
             "policy_type": self.policy_cfg.type,
@@ -511,33 +654,50 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoint-<step> atomically, then apply --keep-last."""
+        """Write checkpoint-<step> atomically (rank 0, with every rank's RNG states), then apply --keep-last."""
         from piperctl.policy import save_model_files
-        from piperctl.rng import save_rng_state
+        from piperctl.rng import capture_rng_state, save_rng_states
 
         step = self.step
         state = self._training_state()
+        # Collecting every rank's generators is also the barrier before the save: all finished the step.
+        rng_states = self.dist.all_gather(capture_rng_state())
 
         def write(folder: Path) -> None:
             save_model_files(folder, self.policy, self.preprocessor, self.postprocessor)
             maybe_crash("mid-save", step)
             torch.save(self.optimizer.state_dict(), folder / ckpt.OPTIMIZER_STATE)
-            save_rng_state(folder)
+            save_rng_states(folder, rng_states)
             (folder / ckpt.TRAINING_STATE).write_text(
                 json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
 
-        path = ckpt.save_atomically(ckpt.checkpoint_dir(self.run_dir, step), write, step)
-        self.last_checkpoint = path
-        maybe_crash("after-save", step)
-        for old in ckpt.rotate(
-            self.run_dir,
-            self.cfg.keep_last,
-            protect=self.resumed_from if self.resumed_from and self._saved_since_resume == 0 else None,
-        ):
-            log(f"removed old checkpoint {old.name} (--keep-last {self.cfg.keep_last})")
+        def save() -> Path:
+            path = ckpt.save_atomically(ckpt.checkpoint_dir(self.run_dir, step), write, step)
+            maybe_crash("after-save", step)
+            for old in ckpt.rotate(
+                self.run_dir,
+                self.cfg.keep_last,
+                protect=self.resumed_from if self.resumed_from and self._saved_since_resume == 0 else None,
+            ):
+                log(f"removed old checkpoint {old.name} (--keep-last {self.cfg.keep_last})")
+            return path
+
+        # One writer; the other ranks wait for its verdict, so none runs ahead of (or outlives) a failed save.
+        self.last_checkpoint = self.dist.all_or_none(save, main_only=True)
         self._saved_since_resume += 1
-        return path
+        return self.last_checkpoint
+
+    def _start_run_folder(self) -> None:
+        # Only now that dataset, policy and options are known to work does the folder become a run.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_file(self.run_dir, self.run_id)
+
+    def _finish(self) -> None:
+        from piperctl.metrics import plot_loss_curve
+
+        self.save_final()
+        plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curve.png")
 
     def save_final(self) -> None:
         """Write the final model files into the run folder itself (same layout, no optimizer)."""
@@ -560,12 +720,12 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def _forward(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         for key in self.meta.camera_keys:
             if key in batch and batch[key].dtype == torch.uint8:
                 batch[key] = batch[key].to(torch.float32) / 255.0
         batch = self.preprocessor(batch)
-        return self.policy.forward(batch)
+        return model(batch)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -576,31 +736,47 @@ class Trainer:
             # Training mode without gradients: ACT only computes its full loss in training mode.
             for batch in self.val_loader:
                 n = len(batch["index"])
-                loss, _ = self._forward(batch)
+                loss, _ = self._forward(self.policy, batch)
                 total += float(loss) * n
                 count += n
+        # Each rank scored its own share of the validation frames.
+        total, count = self.dist.sum([total, count])
         return total / max(count, 1)
 
     def run(self, start: tuple[Path, dict] | None) -> TrainResult:
         """Train until `cfg.steps`, checkpointing every `save_every` steps and on SIGINT/SIGTERM."""
         from piperctl import data
-        from piperctl.metrics import MetricsLog, plot_loss_curve
+        from piperctl.metrics import MetricsLog
 
-        self._setup(start)
+        dist = self.dist
+        dist.all_or_none(lambda: self._setup(start))
+        # DDP wraps the model only once every rank has built it: its constructor is a collective.
+        self.model, self.optimizer = dist.prepare(self.policy, self.optimizer)
         cfg = self.cfg
         if start is None:
-            # Only now that dataset, policy and options are known to work does the folder become a run.
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_run_file(self.run_dir, self.run_id)
+            dist.all_or_none(self._start_run_folder, main_only=True)
         self.last_checkpoint = start[0] if start else None
         self._saved_since_resume = 0
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after=self.step)
+        metrics = (
+            MetricsLog(self.run_dir / "metrics.jsonl", truncate_after=self.step)
+            if dist.is_main
+            else _NoMetrics()
+        )
         n_params = sum(p.numel() for p in self.policy.parameters())
         eval_every = cfg.eval_every or cfg.save_every
+        processes = _processes(dist.world_size)
         log(
             f"{'resuming' if start else 'training'} {self.policy_cfg.type} ({n_params / 1e6:.2f}M params) on {self.device}: "
-            f"step {self.step} -> {cfg.steps}, batch {cfg.batch_size} (effective {cfg.batch_size} x 1 process), "
-            f"{len(self.train_episodes)} train / {len(self.val_episodes)} val episodes, run {self.run_dir}"
+            f"step {self.step} -> {cfg.steps}, batch {cfg.batch_size} x {processes} = effective batch "
+            f"{cfg.batch_size * dist.world_size}, {len(self.train_episodes)} train / {len(self.val_episodes)} val episodes, "
+            f"run {self.run_dir}"
+        )
+        sched = self.lr_schedule
+        log(
+            f"lr schedule: {sched['type']}"
+            + (f" with {sched['warmup_steps']} warm-up steps" if sched["warmup_steps"] else "")
+            + f", peak lr {sched['peak_lr']:.2e}, advancing once per optimizer step "
+            f"({cfg.batch_size * dist.world_size} samples); not scaled with the number of processes"
         )
         losses: list[float] = []
         self.policy.train()
@@ -609,9 +785,13 @@ class Trainer:
         rate = _Rate()
         with _StopFlag() as stop, progress_bar("training", cfg.steps) as bar:
             bar.update(self.step)
-            while self.step < cfg.steps and stop.signum is None:
+            while True:
+                # All ranks stop at the same step: a signal on any one of them stops every one.
+                stop_signal = dist.agree_on_signal(stop.signum)
+                if stop_signal or self.step >= cfg.steps:
+                    break
                 batch = next(stream)
-                loss, _ = self._forward(batch)
+                loss, _ = self._forward(self.model, batch)
                 loss.backward()
                 clip = self.grad_clip_norm if self.grad_clip_norm > 0 else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -624,10 +804,10 @@ class Trainer:
                 if hasattr(self.policy, "update"):
                     self.policy.update()
                 self.step += 1
-                self.samples_seen += len(batch["index"])
+                self.samples_seen += self.sampler.global_count(len(batch["index"]))
                 maybe_crash("sigterm", self.step)
                 maybe_crash("sigint", self.step)
-                loss_value = float(loss.detach())
+                loss_value = dist.mean(float(loss.detach()))
                 losses.append(loss_value)
                 if not math.isfinite(loss_value):
                     raise PiperctlError(
@@ -642,6 +822,7 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "grad_norm": float(grad_norm),
                     "epoch": self.position.epoch,
+                    "samples": self.samples_seen,
                 }
                 if self.val_loader is not None and (self.step % eval_every == 0 or self.step == cfg.steps):
                     record["val_loss"] = self.validation_loss()
@@ -652,7 +833,11 @@ class Trainer:
                 saved = None
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     saved = self.save_checkpoint()
-                fields = {"loss": f"{loss_value:.4f}", "lr": f"{record['lr']:.1e}", "steps/s": f"{rate.tick():.2f}"}
+                fields = {
+                    "loss": f"{loss_value:.4f}",
+                    "lr": f"{record['lr']:.1e}",
+                    "steps/s": f"{rate.tick():.2f}",
+                }
                 if "val_loss" in record:
                     fields["val"] = f"{record['val_loss']:.4f}"
                 if self.last_checkpoint is not None:
@@ -660,20 +845,23 @@ class Trainer:
                 bar.update(1, **fields)
                 if saved is not None and not bar.progress:
                     log(f"saved {saved}")
-            if stop.signum is not None:
+            if stop_signal:
+                name = signal.Signals(stop_signal).name
+                if dist.world_size > 1:
+                    log(f"{name}: all {dist.world_size} processes stop at step {self.step}")
                 if self.last_checkpoint is None or ckpt.step_of(self.last_checkpoint) != self.step:
                     self.save_checkpoint()
                 metrics.close()
-                name = signal.Signals(stop.signum).name
+                dist.close()
                 raise TrainingInterrupted(
                     f"{name} at step {self.step}: saved {self.last_checkpoint}",
-                    hint=f"continue with: piperctl resume {self.last_checkpoint}",
-                    exit_code=128 + stop.signum,
+                    hint=f"continue with: piperctl resume {self.last_checkpoint}{dist.launcher_hint}",
+                    exit_code=128 + stop_signal,
                 )
         metrics.close()
-        self.save_final()
-        plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curve.png")
+        dist.all_or_none(self._finish, main_only=True)
         log(f"done: step {self.step}, final model in {self.run_dir}, last checkpoint {self.last_checkpoint}")
+        dist.close()
         return TrainResult(
             run_dir=self.run_dir, step=self.step, last_checkpoint=self.last_checkpoint, losses=losses
         )

@@ -23,7 +23,7 @@ def _load(root: Path, **kw):
 def test_video_dataset_loads_offline_with_declared_features(synth_dataset: Path) -> None:
     ds = _load(synth_dataset)
     meta = ds.meta
-    assert meta.info["codebase_version"] == "v3.0"
+    assert meta.info.codebase_version == "v3.0"
     assert meta.robot_type == "piper"
     assert meta.fps == 30
     assert meta.total_episodes == 4

@@ -1,0 +1,350 @@
+"""Data-parallel plumbing: process group and DDP through accelerate, a few collectives, a local launcher.
+
+A run of N processes is N copies of the single-process loop. Each rank reads its own shard of every
+global batch (see `piperctl.data.EpochSampler`), DDP averages the gradients, and rank 0 alone writes
+files. `Dist` is what the loop needs from that world: who am I, wrap the model, agree with the others.
+With one process every method is the identity, so a single-process run is the plain loop it always was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from piperctl import console
+from piperctl.errors import PiperctlError
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+# Variables a launcher sets (torchrun / accelerate launch, MPI, our own `--num-processes`).
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+LAUNCHER_VAR = "PIPERCTL_LAUNCHER"
+
+
+def _env_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def env_world_size() -> int:
+    """The number of processes a launcher started (1 when piperctl runs alone)."""
+    return max(1, _env_int(_WORLD_SIZE_VARS, 1))
+
+
+def env_rank() -> int:
+    """This process's global rank as its launcher set it (0 when alone)."""
+    return _env_int(_RANK_VARS, 0) if env_world_size() > 1 else 0
+
+
+class Dist:
+    """This process's place in a data-parallel run, and the few collectives the training loop needs."""
+
+    def __init__(self, accelerator: Any = None) -> None:
+        self.accelerator = accelerator
+        if accelerator is None:
+            self.rank, self.world_size, self.device = 0, 1, None
+        else:
+            self.rank = accelerator.process_index
+            self.world_size = accelerator.num_processes
+            device = accelerator.device
+            # lerobot accepts "cpu" but not accelerate's "cpu:0"; each GPU rank keeps its own "cuda:N".
+            self.device = "cpu" if device.type == "cpu" else str(device)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the one process that writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def launcher_hint(self) -> str:
+        """How to start a resumed run the same way as this one (appended to `piperctl resume PATH`)."""
+        if self.world_size == 1:
+            return ""
+        if os.environ.get(LAUNCHER_VAR) == "local":
+            return f" --num-processes {self.world_size}"
+        return f" (under your launcher, with {self.world_size} processes or another count)"
+
+    def prepare(self, model: torch.nn.Module, optimizer: Any) -> tuple[torch.nn.Module, Any]:
+        """Wrap the model in DDP and the optimizer for accelerate (unchanged with one process)."""
+        if self.accelerator is None:
+            return model, optimizer
+        return self.accelerator.prepare(model, optimizer)
+
+    def all_gather(self, obj: T) -> list[T]:
+        """Every rank's `obj`, in rank order, on every rank (small picklable objects only)."""
+        if self.accelerator is None:
+            return [obj]
+        import torch.distributed as tdist
+
+        out: list[Any] = [None] * self.world_size
+        try:
+            tdist.all_gather_object(out, obj)
+        except RuntimeError as e:  # gloo/NCCL: another process died or hung up
+            raise PiperctlError(
+                f"lost contact with the other processes of this run ({str(e).splitlines()[0]})",
+                hint="another process failed first; its message says why",
+                exit_code=1,
+            ) from e
+        return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's `obj` on every rank."""
+        return self.all_gather(obj)[0]
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of `values` over ranks."""
+        if self.accelerator is None:
+            return values
+        return [sum(col) for col in zip(*self.all_gather(values), strict=True)]
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over ranks (one rank: the value itself, bit for bit)."""
+        if self.accelerator is None:
+            return value
+        return sum(self.all_gather(value)) / self.world_size
+
+    def agree_on_signal(self, signum: int | None) -> int:
+        """The stop signal every rank acts on: any rank's SIGINT/SIGTERM stops all of them at this step.
+
+        The highest signal number wins, so all ranks exit with the same code (SIGTERM over SIGINT).
+        """
+        if self.accelerator is None:
+            return signum or 0
+        return max(int(s or 0) for s in self.all_gather(signum))
+
+    def all_or_none(self, fn: Callable[[], T], *, main_only: bool = False) -> T:
+        """Run `fn` (on every rank, or on rank 0 only); if it fails anywhere, raise on every rank.
+
+        Without this a rank that fails alone leaves the others waiting in their next collective.
+        The lowest failing rank reports its error; the others raise a silent copy with the same exit code.
+        With `main_only`, rank 0's return value is handed to every rank (and this is a barrier).
+        """
+        if self.accelerator is None:
+            return fn()
+        result: Any = None
+        error: BaseException | None = None
+        if self.is_main or not main_only:
+            try:
+                result = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = e
+        report = None
+        if error is not None:
+            message = str(error) if isinstance(error, PiperctlError) else f"{type(error).__name__}: {error}"
+            code = error.exit_code if isinstance(error, PiperctlError) else 1
+            report = (self.rank, message, code)
+        # One collective carries both every rank's verdict and rank 0's result.
+        gathered = self.all_gather((report, result if main_only and self.is_main else None))
+        failed = [r for r, _ in gathered if r is not None]
+        if failed:
+            rank, message, code = failed[0]
+            if error is not None and rank == self.rank:
+                if isinstance(error, PiperctlError):
+                    error.rank_report = True  # type: ignore[attr-defined]
+                raise error
+            copy = PiperctlError(f"rank {rank} failed: {message}", exit_code=code)
+            copy.silent = True
+            raise copy from error
+        return gathered[0][1] if main_only else result
+
+    def close(self) -> None:
+        """Leave the process group (after a normal end or an agreed stop)."""
+        if self.accelerator is not None:
+            self.accelerator.end_training()
+
+
+def init(device: Callable[[], str]) -> Dist:
+    """Join the process group a launcher set up (or run alone); `device()` names the device to use.
+
+    `device` is only called with several processes: it picks the backend (gloo on CPU, NCCL on
+    CUDA), and each process then uses its own GPU (`cuda:LOCAL_RANK`).
+    """
+    if env_world_size() == 1:
+        return Dist()
+    console.set_rank(env_rank())
+    name = device()
+    if name == "mps":
+        raise PiperctlError(
+            "several processes cannot share Apple's MPS device", hint="train with one process, or on CPU/CUDA"
+        )
+    if name.startswith("cuda"):
+        import torch
+
+        per_machine, gpus = _env_int(("LOCAL_WORLD_SIZE",), 1), torch.cuda.device_count()
+        if per_machine > gpus:
+            raise PiperctlError(
+                f"{per_machine} processes on this machine but {gpus} GPU(s): each process needs its own GPU",
+                hint="start one process per GPU, or train on CPU with --device cpu",
+            )
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Like lerobot-train: policies may leave parameters unused in a step (conditional computation).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    try:
+        accelerator = Accelerator(
+            cpu=name == "cpu", kwargs_handlers=[ddp], step_scheduler_with_optimizer=False
+        )
+    except (RuntimeError, ValueError) as e:
+        raise PiperctlError(
+            f"cannot join the process group ({str(e).splitlines()[0]})",
+            hint="start every process with the same launcher settings (MASTER_ADDR, MASTER_PORT, WORLD_SIZE)",
+        ) from e
+    dist = Dist(accelerator)
+    if dist.world_size != env_world_size():
+        raise PiperctlError(
+            f"accelerate sees {dist.world_size} processes, the launcher started {env_world_size()}"
+        )
+    console.set_rank(dist.rank)
+    return dist
+
+
+@contextmanager
+def errors_once() -> Iterator[None]:
+    """Errors that every rank raises are printed by one: mark the copies on the other ranks silent."""
+    rank = env_rank()
+    console.set_rank(rank)
+    try:
+        yield
+    except PiperctlError as e:
+        # A rank's own report (from `all_or_none`) keeps its voice; every other copy is a duplicate.
+        if rank > 0 and not getattr(e, "rank_report", False):
+            e.silent = True
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# `piperctl train|resume --num-processes N`: start N workers on this machine.
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # A worker whose launcher was killed gets SIGTERM: it checkpoints with the others and exits.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def launch_local(num_processes: int, argv: list[str], resume_hint: str | None = None) -> int:
+    """Run `python -m piperctl ARGV` as `num_processes` ranks of one run on this machine; its exit code.
+
+    Each worker gets the variables torchrun would set (RANK, WORLD_SIZE, MASTER_ADDR, ...), so the
+    workers join through accelerate exactly as under `torchrun` or `accelerate launch`. Unlike those,
+    this launcher forwards SIGINT/SIGTERM once and then waits for the checkpoint however long it takes,
+    exits with the workers' own exit code, and prints no traceback of its own.
+    """
+    if env_world_size() > 1:
+        raise PiperctlError(
+            "--num-processes cannot be used inside torchrun/accelerate launch",
+            hint="let the launcher start the processes, or run piperctl directly with --num-processes",
+        )
+    port = _free_port()
+    threads = max(1, (os.cpu_count() or 1) // num_processes)
+    procs: list[subprocess.Popen] = []
+    for rank in range(num_processes):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": str(num_processes),
+            "LOCAL_WORLD_SIZE": str(num_processes),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "GROUP_RANK": "0",
+            LAUNCHER_VAR: "local",
+        }
+        # N processes each using every core would oversubscribe the CPU many times over.
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "piperctl", *argv],
+                env=env,
+                # Own session: a Ctrl-C in the terminal reaches only us, and we forward it exactly once.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads in this process yet
+            )
+        )
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    first: tuple[int, int, float] | None = None  # (rank, exit code, when) of the first failure
+    try:
+        while any(p.poll() is None for p in procs):
+            for rank, p in enumerate(procs):
+                if first is None and p.returncode not in (None, 0):
+                    first = (rank, p.returncode, time.monotonic())
+            if first is not None:
+                # A worker killed by a signal leaves the others stuck in a collective: stop them soon.
+                # After an error every rank agreed on, they are exiting anyway.
+                grace = 5.0 if first[1] < 0 else 60.0
+                if time.monotonic() - first[2] > grace:
+                    for p in procs:
+                        if p.poll() is None:
+                            p.kill()
+            time.sleep(0.1)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if first is None:
+        first = next(((r, p.returncode, 0.0) for r, p in enumerate(procs) if p.returncode), None)
+    if first is None:
+        return 0
+    rank, code, _ = first
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = (
+            f" — continue from its last checkpoint with: piperctl resume {resume_hint}" if resume_hint else ""
+        )
+        console.fail_line(f"process {rank} of {num_processes} was killed by {name}; stopped the others{hint}")
+        return 128 - code
+    return code
+
+
+def relaunch_args(ctx: Any, drop: tuple[str, ...] = ("num_processes",)) -> list[str]:
+    """The command line of a click/Typer command invocation, rebuilt from its parsed parameters."""
+    options: list[str] = []
+    arguments: list[str] = []
+    for param in ctx.command.params:
+        if param.name in drop or param.name not in ctx.params:
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            values = value if isinstance(value, list | tuple) else [value]
+            arguments += [str(v) for v in values if v is not None]
+        elif getattr(param, "is_flag", False):
+            if value:
+                options.append(param.opts[0])
+            elif param.secondary_opts:
+                options.append(param.secondary_opts[0])
+        elif value is None:
+            continue
+        elif getattr(param, "multiple", False):
+            for v in value:
+                options += [param.opts[0], str(v)]
+        else:
+            options += [param.opts[0], str(value)]
+    return [ctx.info_name, *options, "--", *arguments]

@@ -1,0 +1,212 @@
+"""`piperctl checkpoints list`: the checkpoints of a run with their losses, state and resume pick."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from piperctl import checkpoint as ckpt
+from piperctl.errors import PiperctlError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Row:
+    """One checkpoint of a run as `list` shows it."""
+
+    step: int
+    path: Path
+    written: str | None
+    size_bytes: int
+    train_loss: float | None
+    train_loss_step: int | None
+    val_loss: float | None
+    val_loss_step: int | None
+    state: str
+    checked: str  # "sha256" when the contents were hashed, "size" when only the quick check ran
+    resume: bool
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The stable JSON form documented in docs/checkpoint-format.md."""
+        return {
+            "step": self.step,
+            "path": str(self.path),
+            "written": self.written,
+            "size_bytes": self.size_bytes,
+            "train_loss": self.train_loss,
+            "train_loss_step": self.train_loss_step,
+            "val_loss": self.val_loss,
+            "val_loss_step": self.val_loss_step,
+            "state": self.state,
+            "checked": self.checked,
+            "resume": self.resume,
+            "problems": self.problems,
+        }
+
+
+class _Series:
+    """Values of one metric by step, for 'the latest value at or before step N' look-ups."""
+
+    def __init__(self, points: list[tuple[int, float]]) -> None:
+        points.sort()
+        self.steps = [s for s, _ in points]
+        self.values = [v for _, v in points]
+
+    def at_or_before(self, step: int) -> tuple[float | None, int | None]:
+        i = bisect.bisect_right(self.steps, step)
+        return (self.values[i - 1], self.steps[i - 1]) if i else (None, None)
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _written(check: ckpt.QuickCheck) -> str | None:
+    created = (check.manifest or {}).get("created")
+    if isinstance(created, str):
+        return created
+    try:
+        return _utc(check.path.stat().st_mtime)
+    except OSError:
+        return None
+
+
+def list_run(run_dir: Path) -> list[Row]:
+    """Rows for every checkpoint-N folder of `run_dir`, oldest first; marks the one `resume` would pick."""
+    from piperctl.metrics import read_metrics
+
+    if not run_dir.exists():
+        raise PiperctlError(f"{run_dir} does not exist", hint="pass a run folder written by 'piperctl train'")
+    if not run_dir.is_dir():
+        raise PiperctlError(
+            f"{run_dir} is not a folder", hint="pass a run folder written by 'piperctl train'"
+        )
+    if ckpt.step_of(run_dir) is not None or (run_dir / ckpt.TRAINING_STATE).exists():
+        raise PiperctlError(
+            f"{run_dir} is a checkpoint, not a run folder",
+            hint=f"list its run with 'piperctl checkpoints list {run_dir.parent}'",
+        )
+    folders = ckpt.list_checkpoints(run_dir)
+    if not folders and not (run_dir / ckpt.RUN_FILE).is_file():
+        raise PiperctlError(
+            f"{run_dir} holds no checkpoint-N folders and is not a piperctl run folder",
+            hint="pass a run folder written by 'piperctl train'",
+        )
+    checks = [ckpt.scan_checkpoint(p) for p in folders]
+    # Same rule as `piperctl resume RUN_DIR`, hashing only the candidates it would have to hash.
+    picked, _ = ckpt.pick_resumable(checks)
+    rows = read_metrics(run_dir / METRICS_FILE)
+    train = _Series([(r["step"], float(r["loss"])) for r in rows if isinstance(r.get("loss"), int | float)])
+    val = _Series(
+        [(r["step"], float(r["val_loss"])) for r in rows if isinstance(r.get("val_loss"), int | float)]
+    )
+    out: list[Row] = []
+    for check in checks:
+        step = check.step if check.step is not None else 0
+        loss, loss_step = train.at_or_before(step)
+        vloss, vloss_step = val.at_or_before(step)
+        out.append(
+            Row(
+                step=step,
+                path=check.path,
+                written=_written(check),
+                size_bytes=check.size_bytes,
+                train_loss=loss,
+                train_loss_step=loss_step,
+                val_loss=vloss,
+                val_loss_step=vloss_step,
+                state=check.state,
+                checked="sha256" if check.hashed else "size",
+                resume=check is picked,
+                problems=list(check.problems),
+            )
+        )
+    return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def _loss(value: float | None, at: int | None, step: int) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if at == step else f"{value:.4g} @{at}"
+
+
+def _printable(text: str) -> str:
+    from rich.markup import escape
+
+    # Names inside a checkpoint are untrusted: no terminal control characters, no Rich markup.
+    return escape("".join(ch if ch.isprintable() else "?" for ch in text))
+
+
+def print_rows(run_dir: Path, rows: list[Row]) -> None:
+    """A Rich table of the rows on stdout, newest last, with the resume pick marked, then any problems."""
+    from rich import box
+    from rich.table import Table
+
+    from piperctl.console import err, out
+
+    if not rows:
+        err.print(f"no checkpoints yet in {_printable(str(run_dir))}", highlight=False)
+        return
+    table = Table(
+        title=f"checkpoints of {_printable(str(run_dir))}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    for name, justify in (
+        ("step", "right"),
+        ("written (UTC)", "left"),
+        ("size", "right"),
+        ("train loss", "right"),
+        ("val loss", "right"),
+        ("state", "left"),
+        ("resume", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)
+    colour = {"complete": "green", "incomplete": "yellow", "corrupt": "bold red"}
+    for r in rows:
+        table.add_row(
+            str(r.step),
+            (r.written or "-").replace("T", " ")[:16],
+            _size(r.size_bytes),
+            _loss(r.train_loss, r.train_loss_step, r.step),
+            _loss(r.val_loss, r.val_loss_step, r.step),
+            f"[{colour.get(r.state, 'red')}]{r.state}[/]",
+            "[bold]<- resume[/]" if r.resume else "",
+        )
+    out.print(table)
+    for r in rows:
+        if r.problems:
+            more = f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else ""
+            out.print(f"{r.path.name} ({r.state}): {_printable(r.problems[0])}{more}", highlight=False)
+    if not any(r.resume for r in rows):
+        out.print(
+            "[bold red]no intact checkpoint: 'piperctl resume' would refuse this run[/]", highlight=False
+        )
+    out.print(
+        "state: manifest and sizes (the resume pick is also hashed); "
+        "'piperctl checkpoints verify' checks everything",
+        style="dim",
+        highlight=False,
+    )
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+    if leftovers:
+        out.print(
+            f"{len(leftovers)} unfinished save(s) ({_printable(', '.join(sorted(leftovers)))}) "
+            "will be removed when the run is resumed",
+            highlight=False,
+        )

@@ -1,0 +1,274 @@
+"""Data-parallel training on CPU with gloo, 2 processes: sharding, exact resume, world-size changes, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from piperctl import checkpoint as ckpt
+from tests.conftest import python_exe, run_cli
+
+TINY_ACT = {
+    "pretrained_backbone_weights": None,
+    "dim_model": 32,
+    "n_heads": 2,
+    "dim_feedforward": 64,
+    "n_encoder_layers": 1,
+    "n_decoder_layers": 1,
+    "chunk_size": 5,
+    "n_action_steps": 5,
+    "latent_dim": 8,
+}
+BATCH = 4
+# Four steps of two processes, a checkpoint every second step, all of them kept.
+BASE = {
+    "steps": 4,
+    "batch_size": BATCH,
+    "save_every": 2,
+    "keep_last": 0,
+    "num_workers": 0,
+    "val_episodes": "1",
+    "seed": 5,
+    "device": "cpu",
+}
+# The same thread count under every launcher, so that runs started differently compute identically.
+ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small one-camera PNG dataset (4 training episodes, ~94 frames, 1 validation episode)."""
+    from piperctl.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("dist_ds") / "tiny"
+    return synthesize(
+        out,
+        SynthConfig(episodes=5, frames=(20, 26), cameras=["front"], image_size=(32, 40), video=False, seed=2),
+    )
+
+
+def _train_args(run: Path, ds: Path, **overrides: object) -> list[str]:
+    args = ["train", "--output-dir", str(run), "--dataset-root", str(ds), "--dataset-id", "local/tiny"]
+    for k, v in {**BASE, **overrides}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    for k, v in TINY_ACT.items():
+        args += ["--policy-opt", f"{k}={json.dumps(v)}"]
+    return args
+
+
+def _piperctl(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    exe = Path(python_exe()).with_name("piperctl")
+    return subprocess.run(
+        [str(exe), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    cmd = [python_exe(), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.run(
+        [*cmd, "-m", "piperctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=timeout,
+    )
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _state(folder: Path) -> dict:
+    return json.loads((folder / ckpt.TRAINING_STATE).read_text())
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / ckpt.POLICY_WEIGHTS)), load_file(str(b / ckpt.POLICY_WEIGHTS))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _no_tmp(run: Path) -> bool:
+    return not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+
+
+@pytest.fixture(scope="module")
+def ref2(tmp_path_factory: pytest.TempPathFactory, ds: Path) -> Path:
+    """An uninterrupted 4-step run of 2 processes started by torchrun (the multi-node launcher)."""
+    run = tmp_path_factory.mktemp("ref2") / "run"
+    res = _torchrun(_train_args(run, ds))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ranks_take_disjoint_shards_of_the_same_global_order(ds: Path) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from piperctl import data
+
+    meta = LeRobotDatasetMetadata("local/tiny", root=ds)
+
+    def sampler(rank: int, world: int, start: int = 0) -> data.EpochSampler:
+        s = data.EpochSampler(data.make_sampler(meta, [0, 1, 2, 3], shuffle=True, seed=5), BATCH, rank, world)
+        s.epoch, s.start = 3, start
+        return s
+
+    order = [i for _, i in sampler(0, 1)]
+    global_batch = 2 * BATCH
+    r0, r1 = [i for _, i in sampler(0, 2)], [i for _, i in sampler(1, 2)]
+    assert len(r0) == len(r1) == len(sampler(0, 2)) == (len(order) // global_batch) * BATCH
+    for step in range(len(order) // global_batch):
+        chunk = order[step * global_batch : (step + 1) * global_batch]
+        assert r0[step * BATCH : (step + 1) * BATCH] == chunk[:BATCH]
+        assert r1[step * BATCH : (step + 1) * BATCH] == chunk[BATCH:]
+    assert not set(r0) & set(r1)
+    assert len(order) % global_batch and len(r0) + len(r1) < len(order)  # the incomplete tail is skipped
+    # A position in global samples means the same thing for any number of processes.
+    assert [i for _, i in sampler(1, 2, start=16)][:BATCH] == order[16 + BATCH : 16 + 2 * BATCH]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_run_writes_checkpoints_that_verify(
+    ref2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert [p.name for p in ckpt.list_checkpoints(ref2)] == ["checkpoint-2", "checkpoint-4"]
+    for folder in ckpt.list_checkpoints(ref2):
+        assert ckpt.check_checkpoint(folder).ok, folder
+    code, out, err = run_cli(["checkpoints", "verify", ref2], capsys)
+    assert code == 0, out + err
+    state = _state(ref2 / "checkpoint-4")
+    assert state["world_size"] == 2 and state["effective_batch_size"] == 2 * BATCH
+    assert state["batch_size_per_process"] == BATCH
+    assert state["samples_seen"] == 4 * 2 * BATCH and state["data"]["offset"] == 4 * 2 * BATCH
+    assert state["lr_schedule"]["unit"] == "optimizer step" and state["lr_schedule"]["total_steps"] == 4
+    assert state["topology"] == [
+        {"from_step": 0, "world_size": 2, "batch_size_per_process": BATCH, "effective_batch_size": 2 * BATCH}
+    ]
+    # Every rank's generators are in the checkpoint; rank 0's where a single-process run keeps them.
+    rng_json = json.loads((ref2 / "checkpoint-4" / ckpt.RNG_STATE_JSON).read_text())
+    assert rng_json["world_size"] == 2 and set(rng_json["ranks"]) == {"1"}
+    tensors = load_file(str(ref2 / "checkpoint-4" / ckpt.RNG_STATE_TENSORS))
+    assert {"torch_cpu", "rank1.torch_cpu"} <= tensors.keys()
+    assert not torch.equal(tensors["torch_cpu"], tensors["rank1.torch_cpu"])  # ranks draw different noise
+    rows = [json.loads(x) for x in (ref2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["samples"] for r in rows] == [8, 16, 24, 32]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]
+    assert (ref2 / ckpt.POLICY_WEIGHTS).is_file() and _no_tmp(ref2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_main_process_killed_while_saving_then_resumed_matches_uninterrupted_run(
+    tmp_path: Path, ds: Path, ref2: Path
+) -> None:
+    run = tmp_path / "run"
+    # Rank 0 (the only writer) is SIGKILLed in the middle of writing checkpoint-4, after checkpoint-2.
+    res = _piperctl([*_train_args(run, ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "mid-save:4"})
+    assert res.returncode == 128 + signal.SIGKILL, res.stderr[-3000:]
+    assert "process 0 of 2 was killed by SIGKILL" in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-2"]  # no partial checkpoint-4
+    assert ckpt.check_checkpoint(run / "checkpoint-2").ok and not _no_tmp(run), sorted(os.listdir(run))
+    res = _piperctl(["resume", run, "--num-processes", "2"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "removed 1 unfinished save" in res.stderr and _no_tmp(run), res.stderr[-3000:]
+    assert _losses(run) == _losses(ref2), res.stderr[-3000:]
+    _assert_same_weights(run, ref2)
+    _assert_same_weights(run / "checkpoint-4", ref2 / "checkpoint-4")
+    opt_a = torch.load(run / "checkpoint-4" / ckpt.OPTIMIZER_STATE, weights_only=True)
+    opt_b = torch.load(ref2 / "checkpoint-4" / ckpt.OPTIMIZER_STATE, weights_only=True)
+    for k, v in opt_a["state"].items():
+        for name, t in v.items():
+            assert torch.equal(t, opt_b["state"][k][name]), (k, name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sigterm_on_one_rank_stops_all_with_one_checkpoint_then_resumes_in_one_process(
+    tmp_path: Path, ds: Path, ref2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from piperctl.training import resume
+
+    run = tmp_path / "run"
+    # Only rank 1 gets SIGTERM (after step 1): both must stop there, with one checkpoint, one message.
+    res = _piperctl([*_train_args(run, ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "sigterm:1@1"})
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("continue with: piperctl resume") == 1, res.stderr[-3000:]
+    assert f"piperctl resume {run / 'checkpoint-1'} --num-processes 2" in res.stderr
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-1"] and _no_tmp(run)
+    assert ckpt.check_checkpoint(run / "checkpoint-1").ok
+    assert _losses(run) == _losses(ref2)[:1]
+
+    capsys.readouterr()
+    result = resume(run / "checkpoint-1", steps=2)  # one process now
+    err = capsys.readouterr().err
+    assert "world size changed" in err and "effective batch 8 -> 4" in err and "from sample 8" in err
+    state = _state(run / "checkpoint-2")
+    assert result.step == 2 and state["world_size"] == 1 and state["effective_batch_size"] == BATCH
+    assert state["samples_seen"] == 2 * BATCH + BATCH  # continued from the same sample count
+    assert [t["world_size"] for t in state["topology"]] == [2, 1]
+    assert [t["from_step"] for t in state["topology"]] == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_one_process_checkpoint_resumes_in_two_processes(tmp_path: Path, ds: Path) -> None:
+    from piperctl import train
+
+    run = tmp_path / "run"
+    opts = {k: v for k, v in BASE.items() if k != "device"}
+    train(
+        run,
+        dataset_id="local/tiny",
+        dataset_root=str(ds),
+        policy_options=dict(TINY_ACT),
+        **{**opts, "steps": 1, "save_every": 1},
+    )
+    assert _state(run / "checkpoint-1")["world_size"] == 1
+    res = _piperctl(
+        ["resume", run / "checkpoint-1", "--steps", "2", "--num-processes", "2", "--device", "cpu"]
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "world size changed" in res.stderr and "rank 1: no saved random state" in res.stderr
+    state = _state(run / "checkpoint-2")
+    assert state["world_size"] == 2 and state["samples_seen"] == BATCH + 2 * BATCH
+    assert state["data"]["offset"] == BATCH + 2 * BATCH
+    assert json.loads((run / "checkpoint-2" / ckpt.RNG_STATE_JSON).read_text())["world_size"] == 2
+    assert ckpt.check_checkpoint(run / "checkpoint-2").ok
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_an_error_every_rank_hits_is_printed_once(tmp_path: Path) -> None:
+    # The dataset check fails inside setup, after the process group exists, on both ranks alike.
+    res = _piperctl([*_train_args(tmp_path / "run", tmp_path / "nowhere"), "--num-processes", "2"])
+    lines = [ln for ln in res.stderr.splitlines() if "error:" in ln]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+    assert lines[0].startswith("error:") and "not a LeRobot dataset" in lines[0]
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_num_processes_is_refused_inside_a_launcher(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli(["resume", "/nonexistent", "--num-processes", "2"], capsys)
+    assert code == 2 and "cannot be used inside torchrun" in err
