@@ -4,7 +4,7 @@
 set -euo pipefail
 PIPERCTL="${PIPERCTL:-.venv/bin/piperctl}"
 DEMO_DIR="${DEMO_DIR:-outputs/demo}"
-STEPS="${DEMO_STEPS:-120}"
+STEPS="${DEMO_STEPS:-60}"
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_CACHE="${HF_DATASETS_CACHE:-$DEMO_DIR/.hf_cache}"
 
@@ -21,13 +21,13 @@ echo "== 2. scan it for leakage and integrity faults"
 
 echo "== 3. train a small ACT policy; interrupt it with SIGTERM part-way (as a preempting scheduler would)"
 "$PIPERCTL" train --output-dir "$RUN" --dataset-root "$DATA" --dataset-id local/piper_demo \
-  --steps "$STEPS" --save-every 40 --keep-last 2 --batch-size 8 --num-workers 2 --val-episodes 2 \
+  --steps "$STEPS" --save-every 20 --keep-last 2 --lr 1e-4 --batch-size 8 --num-workers 2 --val-episodes 2 \
   --policy-opt pretrained_backbone_weights=null --policy-opt dim_model=128 --policy-opt n_heads=4 \
   --policy-opt dim_feedforward=512 --policy-opt n_encoder_layers=2 --policy-opt n_decoder_layers=1 \
   --policy-opt chunk_size=20 --policy-opt n_action_steps=20 &
 PID=$!
 # Wait until the first checkpoint exists and a few more steps ran, then send SIGTERM.
-until [ -d "$RUN/checkpoint-40" ] && [ "$(wc -l < "$RUN/metrics.jsonl" 2>/dev/null || echo 0)" -ge 45 ]; do
+until [ -d "$RUN/checkpoint-20" ] && [ "$(wc -l < "$RUN/metrics.jsonl" 2>/dev/null || echo 0)" -ge 25 ]; do
   kill -0 "$PID" 2>/dev/null || break
   sleep 0.5
 done
