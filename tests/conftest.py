@@ -12,6 +12,19 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PIPERCTL_TEST", "1")
 
+# An ACT small enough to train a step in well under a second on CPU (backbone from scratch: offline).
+TINY_ACT = {
+    "pretrained_backbone_weights": None,
+    "dim_model": 32,
+    "n_heads": 2,
+    "dim_feedforward": 64,
+    "n_encoder_layers": 1,
+    "n_decoder_layers": 1,
+    "chunk_size": 5,
+    "n_action_steps": 5,
+    "latent_dim": 8,
+}
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _hf_cache(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -14,19 +14,8 @@ import pytest
 
 from piperctl import checkpoint as ckpt
 from piperctl.errors import PiperctlError
-from tests.conftest import run_cli
+from tests.conftest import TINY_ACT, run_cli
 
-TINY_ACT = {
-    "pretrained_backbone_weights": None,
-    "dim_model": 32,
-    "n_heads": 2,
-    "dim_feedforward": 64,
-    "n_encoder_layers": 1,
-    "n_decoder_layers": 1,
-    "chunk_size": 5,
-    "n_action_steps": 5,
-    "latent_dim": 8,
-}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "checkpoint-format.md"
 
 

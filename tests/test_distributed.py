@@ -13,19 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from piperctl import checkpoint as ckpt
-from tests.conftest import python_exe, run_cli
+from tests.conftest import TINY_ACT, python_exe, run_cli
 
-TINY_ACT = {
-    "pretrained_backbone_weights": None,
-    "dim_model": 32,
-    "n_heads": 2,
-    "dim_feedforward": 64,
-    "n_encoder_layers": 1,
-    "n_decoder_layers": 1,
-    "chunk_size": 5,
-    "n_action_steps": 5,
-    "latent_dim": 8,
-}
 BATCH = 4
 # Four steps of two processes, a checkpoint every second step, all of them kept.
 BASE = {

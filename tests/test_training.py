@@ -17,19 +17,8 @@ from safetensors.torch import load_file
 
 from piperctl import checkpoint as ckpt
 from piperctl.errors import PiperctlError
-from tests.conftest import python_exe, run_cli
+from tests.conftest import TINY_ACT, python_exe, run_cli
 
-TINY_ACT = {
-    "pretrained_backbone_weights": None,
-    "dim_model": 32,
-    "n_heads": 2,
-    "dim_feedforward": 64,
-    "n_encoder_layers": 1,
-    "n_decoder_layers": 1,
-    "chunk_size": 5,
-    "n_action_steps": 5,
-    "latent_dim": 8,
-}
 TINY_DIFFUSION = {
     "pretrained_backbone_weights": None,
     "crop_shape": None,
