@@ -164,6 +164,9 @@ class Dist:
     def close(self) -> None:
         """Leave the process group (after a normal end or an agreed stop)."""
         if self.accelerator is not None:
+            # Tear down together: a rank that destroys the gloo group while its peer is still in
+            # a collective (or still owns DDP's reducer) can die in std::terminate (SIGABRT).
+            self.accelerator.wait_for_everyone()
             self.accelerator.end_training()
 
 
