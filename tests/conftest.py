@@ -64,6 +64,18 @@ def state_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(out, cfg)
 
 
+@pytest.fixture(scope="session")
+def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small one-camera PNG dataset: fast to decode, enough for ACT and diffusion."""
+    from piperctl.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("train_ds") / "tiny"
+    return synthesize(
+        out,
+        SynthConfig(episodes=5, frames=(20, 26), cameras=["front"], image_size=(32, 40), video=False, seed=2),
+    )
+
+
 def python_exe() -> str:
     """The interpreter running the tests (the project's venv)."""
     return sys.executable

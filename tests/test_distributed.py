@@ -32,15 +32,9 @@ ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small one-camera PNG dataset (4 training episodes, ~94 frames, 1 validation episode)."""
-    from piperctl.synth import SynthConfig, synthesize
-
-    out = tmp_path_factory.mktemp("dist_ds") / "tiny"
-    return synthesize(
-        out,
-        SynthConfig(episodes=5, frames=(20, 26), cameras=["front"], image_size=(32, 40), video=False, seed=2),
-    )
+def ds(tiny_ds: Path) -> Path:
+    """The shared one-camera PNG dataset (4 training episodes, 1 validation episode)."""
+    return tiny_ds
 
 
 def _train_args(run: Path, ds: Path, **overrides: object) -> list[str]:

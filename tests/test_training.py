@@ -41,18 +41,6 @@ def _cli_opts(options: dict) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small one-camera PNG dataset: fast to decode, enough for ACT and diffusion."""
-    from piperctl.synth import SynthConfig, synthesize
-
-    out = tmp_path_factory.mktemp("train_ds") / "tiny"
-    return synthesize(
-        out,
-        SynthConfig(episodes=5, frames=(20, 26), cameras=["front"], image_size=(32, 40), video=False, seed=2),
-    )
-
-
 def _train(run_dir: Path, ds: Path, **overrides):
     from piperctl import train
 
