@@ -38,7 +38,7 @@ from piperctl import checkpoint as ckpt  # noqa: E402
 def build_seed_checkpoint() -> Path:
     """One default-size ACT checkpoint (trained for one step on a tiny image dataset)."""
     from piperctl import train
-    from piperctl.synth import SynthConfig, synthesize
+    from piperctl.datasets.synth import SynthConfig, synthesize
 
     seed_run = WORK / "seed_run"
     if (seed_run / "checkpoint-1" / ckpt.MANIFEST).is_file():

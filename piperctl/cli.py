@@ -73,7 +73,7 @@ def dataset_synth(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")] = False,
 ) -> None:
     """Write a synthetic PiPER pick-and-place dataset in LeRobot v3.0 format."""
-    from piperctl.synth import SynthConfig, parse_cameras, parse_frames, parse_image_size, synthesize
+    from piperctl.datasets.synth import SynthConfig, parse_cameras, parse_frames, parse_image_size, synthesize
 
     cfg = SynthConfig(
         episodes=episodes,

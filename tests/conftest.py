@@ -47,7 +47,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small camera dataset (video) shared by read-only tests."""
-    from piperctl.synth import SynthConfig, synthesize
+    from piperctl.datasets.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("ds") / "piper_video"
     cfg = SynthConfig(episodes=4, frames=(30, 40), seed=7, image_size=(48, 64))
@@ -57,7 +57,7 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def state_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small state-only dataset shared by read-only tests."""
-    from piperctl.synth import SynthConfig, synthesize
+    from piperctl.datasets.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("ds") / "piper_state"
     cfg = SynthConfig(episodes=6, frames=(40, 60), seed=3, cameras=[])
@@ -67,7 +67,7 @@ def state_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small one-camera PNG dataset: fast to decode, enough for ACT and diffusion."""
-    from piperctl.synth import SynthConfig, synthesize
+    from piperctl.datasets.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("train_ds") / "tiny"
     return synthesize(

@@ -26,7 +26,7 @@ def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared read-only: tests that damage a run copy it into their own tmp_path first.
     """
     from piperctl import train
-    from piperctl.synth import SynthConfig, synthesize
+    from piperctl.datasets.synth import SynthConfig, synthesize
 
     base = tmp_path_factory.mktemp("ckpt_run")
     ds = synthesize(

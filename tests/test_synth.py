@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from piperctl.synth import JOINT_LIMITS, JOINT_NAMES, SynthConfig, synthesize
+from piperctl.datasets.synth import JOINT_LIMITS, JOINT_NAMES, SynthConfig, synthesize
 
 
 def _load(root: Path, **kw):
@@ -107,6 +107,6 @@ def test_action_chunks_load_through_dataloader(synth_dataset: Path) -> None:
 
 @pytest.mark.parametrize("text,expected", [("60", (60, 60)), ("40:80", (40, 80))])
 def test_frames_option_parses(text: str, expected: tuple[int, int]) -> None:
-    from piperctl.synth import parse_frames
+    from piperctl.datasets.synth import parse_frames
 
     assert parse_frames(text) == expected

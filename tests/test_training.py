@@ -306,7 +306,7 @@ def test_resume_refuses_changed_dataset_unless_allowed(
 
 
 def test_resume_refuses_other_feature_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from piperctl.synth import SynthConfig, synthesize
+    from piperctl.datasets.synth import SynthConfig, synthesize
 
     ds = tmp_path / "ds"
     synthesize(

@@ -1,0 +1,1 @@
+"""Datasets piperctl writes or rewrites: synthesized PiPER data (and conversions)."""
