@@ -32,7 +32,7 @@ WORK = ROOT / "bench" / "_work" / "verify_throughput"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from piperctl import checkpoint as ckpt  # noqa: E402
+from piperctl import checkpoints as ckpt  # noqa: E402
 
 
 def build_seed_checkpoint() -> Path:
@@ -201,7 +201,7 @@ def main() -> None:
     quick_cli = min(timed(lambda: sh(quick_cmd)) for _ in range(3))
     out = json.loads(sh(quick_cmd).stdout)
     assert out["ok"] and len(out["checkpoints"]) == args.quick_count
-    from piperctl.verify import verify_paths
+    from piperctl.checkpoints.verify import verify_paths
 
     quick_core = min(timed(lambda: verify_paths([quick_run], quick=True)) for _ in range(3))
     startup = min(timed(lambda: sh([str(BIN / "piperctl"), "--version"])) for _ in range(3))

@@ -6,7 +6,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer uses the click package
 from piperctl import __version__
 from piperctl.console import fail_line
 from piperctl.errors import PiperctlError
+from piperctl.training.config import TrainConfig
 
 app = typer.Typer(
     name="piperctl",
@@ -31,8 +32,11 @@ dataset_app = typer.Typer(help="Make and inspect LeRobot datasets.", no_args_is_
 app.add_typer(dataset_app, name="dataset")
 
 
+_debug_flag = False
+
+
 def _debug_enabled() -> bool:
-    return "--debug" in sys.argv[1:] or os.environ.get("PIPERCTL_DEBUG", "") not in ("", "0")
+    return _debug_flag or os.environ.get("PIPERCTL_DEBUG", "") not in ("", "0")
 
 
 def _version_callback(value: bool) -> None:
@@ -49,6 +53,8 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     """Train LeRobot policies on PiPER arm datasets, with checkpoints you can trust."""
+    global _debug_flag
+    _debug_flag = _debug_flag or debug
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +119,7 @@ def checkpoints_list(
     """Checkpoints of a run, newest last: losses, size, state, and which one 'resume' would pick."""
     import json
 
-    from piperctl.runs import list_run, print_rows
+    from piperctl.checkpoints.listing import list_run, print_rows
 
     rows = list_run(run_dir)
     if json_out:
@@ -142,7 +148,7 @@ def checkpoints_verify(
     """Check every file against the manifest (sha256) and load every part; exit 1 if any checkpoint fails."""
     import json
 
-    from piperctl.verify import print_reports, reports_json, verify_paths
+    from piperctl.checkpoints.verify import print_reports, reports_json, verify_paths
 
     reports = verify_paths(paths or [Path(".")], quick=quick, progress=not json_out)
     if json_out:
@@ -153,35 +159,45 @@ def checkpoints_verify(
 
 
 # ---------------------------------------------------------------------------------------------
-# piperctl train / resume
+# piperctl train / resume  (defaults and help come from TrainConfig, the one declaration of each option)
 
 _RESUME_HELP = "Options that may change on resume"
-
-
 _NUM_PROCESSES_HELP = (
     "Train with N processes on this machine (data-parallel: one per GPU, or CPU processes with gloo). "
     "Under torchrun/accelerate launch leave it at 1. See docs/distributed.md."
 )
 
 
+def _opt(name: str, **kwargs: object) -> typer.models.OptionInfo:
+    """A Typer option whose help text is TrainConfig's for `name`."""
+    return typer.Option(help=TrainConfig.help(name), **kwargs)
+
+
+def _default(name: str) -> Any:
+    return TrainConfig.default(name)
+
+
 def _launch_workers(ctx: typer.Context, num_processes: int, run_hint: Path) -> None:
     """Start `num_processes` copies of this command as the ranks of one run, and exit with their code."""
-    from piperctl.distributed import launch_local, relaunch_args
+    from piperctl.training.distributed import launch_local, relaunch_args
 
     if _debug_enabled():
         os.environ["PIPERCTL_DEBUG"] = "1"
     raise typer.Exit(launch_local(num_processes, relaunch_args(ctx), resume_hint=str(run_hint)))
 
 
+def _resume_changes(local: dict[str, Any]) -> dict[str, Any]:
+    """The options of a resume command line that TrainConfig lets change on resume."""
+    return {name: local[name] for name in TrainConfig.resumable() if name in local}
+
+
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run folder (new or empty).")],
-    dataset_id: Annotated[
-        str, typer.Option(help="Hub dataset id (or the repo_id of --dataset-root).")
-    ] = "ISdept/piper_arm",
-    dataset_root: Annotated[Path | None, typer.Option(help="Local LeRobot dataset folder.")] = None,
-    policy: Annotated[str, typer.Option(help="lerobot policy type: act, diffusion, ...")] = "act",
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help=TrainConfig.help("output_dir"))],
+    dataset_id: Annotated[str, _opt("dataset_id")] = _default("dataset_id"),
+    dataset_root: Annotated[Path | None, _opt("dataset_root")] = _default("dataset_root"),
+    policy: Annotated[str, _opt("policy")] = _default("policy"),
     policy_opt: Annotated[
         list[str] | None,
         typer.Option("--policy-opt", help="Set a policy config field, KEY=VALUE (JSON values); repeatable."),
@@ -189,67 +205,51 @@ def train_cmd(
     policy_config: Annotated[
         Path | None, typer.Option(help="TOML or JSON file of policy config fields.")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Batch size (per process).")] = 8,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every K steps.")] = 500,
-    keep_last: Annotated[int, typer.Option(help="Keep the newest L checkpoints (0 keeps all).")] = 3,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 1000,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the policy's preset).")] = None,
-    val_episodes: Annotated[
-        str | None, typer.Option(help="Held-out episodes: a count (last N), a range A:B, or ids i,j.")
-    ] = None,
-    eval_every: Annotated[int, typer.Option(help="Validation every K steps (default: --save-every).")] = 0,
-    log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every K steps.")] = 1,
+    steps: Annotated[int, _opt("steps")] = _default("steps"),
+    batch_size: Annotated[int, _opt("batch_size")] = _default("batch_size"),
+    save_every: Annotated[int, _opt("save_every")] = _default("save_every"),
+    keep_last: Annotated[int, _opt("keep_last")] = _default("keep_last"),
+    seed: Annotated[int, _opt("seed")] = _default("seed"),
+    device: Annotated[str, _opt("device")] = _default("device"),
+    num_workers: Annotated[int, _opt("num_workers")] = _default("num_workers"),
+    lr: Annotated[float | None, _opt("lr")] = _default("lr"),
+    val_episodes: Annotated[str | None, _opt("val_episodes")] = _default("val_episodes"),
+    eval_every: Annotated[int, _opt("eval_every")] = _default("eval_every"),
+    log_every: Annotated[int, _opt("log_every")] = _default("log_every"),
     resume_from_checkpoint: Annotated[
         Path | None, typer.Option(help="Continue from this checkpoint instead (same as 'piperctl resume').")
     ] = None,
-    init_from: Annotated[
-        Path | None, typer.Option(help="Start from this checkpoint's weights (fresh optimizer, step 0).")
-    ] = None,
+    init_from: Annotated[Path | None, _opt("init_from")] = _default("init_from"),
     allow_dataset_change: Annotated[
         bool, typer.Option(help="With --resume-from-checkpoint: accept a changed dataset.")
-    ] = False,
+    ] = _default("allow_dataset_change"),
     num_processes: Annotated[int, typer.Option(help=_NUM_PROCESSES_HELP, min=1)] = 1,
 ) -> None:
     """Train a LeRobot policy, saving verified checkpoint-N folders as it goes."""
     if num_processes > 1:
         _launch_workers(ctx, num_processes, output_dir)
-    from piperctl.policy import parse_policy_options
-    from piperctl.training import resume, train
-
+    local = dict(locals())
     if resume_from_checkpoint is not None:
-        resume(
+        _resume(
             resume_from_checkpoint,
             output_dir=output_dir,
-            steps=steps,
-            save_every=save_every,
-            keep_last=keep_last,
-            num_workers=num_workers,
-            device=device,
             allow_dataset_change=allow_dataset_change,
+            **_resume_changes(local),
         )
         return
-    train(
-        output_dir,
-        dataset_id=dataset_id,
-        dataset_root=dataset_root,
-        policy=policy,
-        policy_options=parse_policy_options(policy_opt, policy_config),
-        steps=steps,
-        batch_size=batch_size,
-        save_every=save_every,
-        keep_last=keep_last,
-        seed=seed,
-        device=device,
-        num_workers=num_workers,
-        lr=lr,
-        val_episodes=val_episodes,
-        eval_every=eval_every,
-        log_every=log_every,
-        init_from=str(init_from) if init_from else None,
-    )
+    from piperctl.training.api import train
+    from piperctl.training.policy import parse_policy_options
+
+    options = {name: local[name] for name in TrainConfig.names() if name in local}
+    options.pop("output_dir")
+    options["policy_options"] = parse_policy_options(policy_opt, policy_config)
+    train(output_dir, **options)
+
+
+def _resume(path: Path, **changes: Any) -> None:
+    from piperctl.training.api import resume
+
+    resume(path, **changes)
 
 
 @app.command("resume")
@@ -261,10 +261,12 @@ def resume_cmd(
     steps: Annotated[
         int | None, typer.Option(help="New total steps (to extend the run).", rich_help_panel=_RESUME_HELP)
     ] = None,
-    save_every: Annotated[int | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
-    keep_last: Annotated[int | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
-    num_workers: Annotated[int | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
-    device: Annotated[str | None, typer.Option(rich_help_panel=_RESUME_HELP)] = None,
+    save_every: Annotated[int | None, _opt("save_every", rich_help_panel=_RESUME_HELP)] = None,
+    keep_last: Annotated[int | None, _opt("keep_last", rich_help_panel=_RESUME_HELP)] = None,
+    num_workers: Annotated[int | None, _opt("num_workers", rich_help_panel=_RESUME_HELP)] = None,
+    device: Annotated[str | None, _opt("device", rich_help_panel=_RESUME_HELP)] = None,
+    eval_every: Annotated[int | None, _opt("eval_every", rich_help_panel=_RESUME_HELP)] = None,
+    log_every: Annotated[int | None, _opt("log_every", rich_help_panel=_RESUME_HELP)] = None,
     allow_dataset_change: Annotated[
         bool, typer.Option(help="Resume even if the dataset's fingerprint changed.")
     ] = False,
@@ -279,21 +281,11 @@ def resume_cmd(
 ) -> None:
     """Continue a run exactly where a checkpoint left it."""
     if num_processes > 1:
-        from piperctl.checkpoint import step_of
+        from piperctl.checkpoints.format import step_of
 
         # After a crash the run's newest intact checkpoint is the one to go on from, not PATH's.
         _launch_workers(ctx, num_processes, path if step_of(path) is None else path.parent)
-    from piperctl.training import resume
-
-    resume(
-        path,
-        steps=steps,
-        save_every=save_every,
-        keep_last=keep_last,
-        num_workers=num_workers,
-        device=device,
-        allow_dataset_change=allow_dataset_change,
-    )
+    _resume(path, allow_dataset_change=allow_dataset_change, **_resume_changes(dict(locals())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,11 +434,13 @@ def leakage_minimal(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app with piperctl's one error convention."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_enabled() or "--debug" in args
+    global _debug_flag
+    # Also before the root callback has run (a usage error), or when --debug follows a sub-command.
+    _debug_flag = "--debug" in args
     try:
         rv = app(args=args, prog_name="piperctl", standalone_mode=False)
     except PiperctlError as e:
-        if debug:
+        if _debug_enabled():
             traceback.print_exc()
         if not e.silent:  # another rank of a multi-process run reports the same error
             fail_line(str(e))
@@ -454,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.UsageError as e:
         if isinstance(e, click_exc.NoArgsIsHelpError) or not e.format_message().strip():
             sys.exit(2)  # the help was already shown; like click, a bare group call is a usage error
-        if debug:
+        if _debug_enabled():
             traceback.print_exc()
         where = f"'{e.ctx.command_path} --help'" if e.ctx is not None else "'piperctl --help'"
         fail_line(f"{e.format_message()} (see {where})")
@@ -466,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         fail_line("interrupted")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks for users
-        if debug:
+        if _debug_enabled():
             traceback.print_exc()
             sys.exit(1)
         fail_line(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,8 +101,3 @@ def fail_line(message: str) -> None:
     """Print the single red error line of the CLI convention."""
     where = f"\\[rank {_rank}] " if _rank else ""
     err.print(f"{where}[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-
-
-def stdout_is_terminal() -> bool:
-    """True when stdout is a terminal (used to pick tables vs plain output)."""
-    return sys.stdout.isatty()

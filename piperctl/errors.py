@@ -10,10 +10,14 @@ class PiperctlError(Exception):
     # Set on the other ranks of a multi-process run when one rank already reports the same error.
     silent: bool = False
 
-    def __init__(self, message: str, *, hint: str | None = None, exit_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, exit_code: int | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # A stable name for the kind of problem, where reports (checkpoints verify) need one.
+        self.code = code
         if exit_code is not None:
             self.exit_code = exit_code
 

@@ -37,7 +37,13 @@ def quiet_third_party() -> None:
         av.logging.set_level(av.logging.ERROR)
     except Exception:  # noqa: BLE001 - cosmetic
         pass
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        # The environment variable is read when huggingface_hub is imported, which may already have happened.
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # noqa: BLE001 - progress bars are cosmetic; never fail on them
+        pass
     try:
         import datasets
 

@@ -79,3 +79,33 @@ def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def python_exe() -> str:
     """The interpreter running the tests (the project's venv)."""
     return sys.executable
+
+
+def one_error_line(err: str, *, after_logs: bool = False, ignore: tuple[str, ...] = ()) -> str:
+    """The CLI's single `error:` line on stderr (no traceback); `after_logs` allows log lines before it."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(ignore)]
+    assert lines and "Traceback" not in err, err
+    if not after_logs:
+        assert len(lines) == 1, err
+    assert lines[-1].startswith("error:"), err
+    return lines[-1]
+
+
+def losses(run: Path) -> list[float]:
+    """The per-step training losses a run logged in metrics.jsonl."""
+    import json
+
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two folders hold bit-identical policy weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from piperctl.checkpoints import POLICY_WEIGHTS
+
+    wa, wb = load_file(str(a / POLICY_WEIGHTS)), load_file(str(b / POLICY_WEIGHTS))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from piperctl import checkpoint as ckpt
+from piperctl import checkpoints as ckpt
 from piperctl.errors import PiperctlError
-from tests.conftest import TINY_ACT, run_cli
+from tests.conftest import TINY_ACT, one_error_line, run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "checkpoint-format.md"
 
@@ -75,13 +75,6 @@ def _verify(paths: list[Path], capsys: pytest.CaptureFixture[str], *extra: str) 
 
 def _codes(report: dict) -> set[tuple[str, str | None]]:
     return {(p["code"], p["file"]) for p in report["problems"]}
-
-
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:") and "Traceback" not in err
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +202,7 @@ def test_optimizer_state_of_another_model(
 ) -> None:
     import torch
 
-    from piperctl.policy import load_policy_config, policy_from_config
+    from piperctl.checkpoints.model import load_policy_config, policy_from_config
 
     run = _copy_run(good_run, tmp_path, ("checkpoint-2",))
     folder = run / "checkpoint-2"
@@ -252,8 +245,8 @@ def test_malicious_pickle_is_refused_without_running(
 ) -> None:
     import torch
 
+    from piperctl.checkpoints.untrusted import load_torch_state
     from piperctl.training import resume
-    from piperctl.untrusted import load_torch_state
 
     run = _copy_run(good_run, tmp_path, ("checkpoint-2",))
     folder = run / "checkpoint-2"
@@ -274,7 +267,7 @@ def test_malicious_pickle_is_refused_without_running(
     assert "open" in message and "system" in message
 
     code, _, err = run_cli(["resume", folder, "--steps", "6"], capsys)
-    assert code == 2 and "would call" in _one_error_line(err)
+    assert code == 2 and "would call" in one_error_line(err)
     with pytest.raises(PiperctlError, match="would call"):
         resume(run, steps=6)  # a run folder: no intact checkpoint left to pick
     with pytest.raises(PiperctlError, match="would call"):
@@ -290,7 +283,7 @@ def test_malicious_pickle_is_refused_without_running(
 def test_manifest_paths_never_leave_the_folder(
     good_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl.training import resolve_checkpoint
+    from piperctl.checkpoints.manager import resolve_checkpoint
 
     run = _copy_run(good_run, tmp_path, ("checkpoint-2",))
     folder = run / "checkpoint-2"
@@ -320,7 +313,7 @@ def test_processor_configs_cannot_import_or_escape(
 ) -> None:
     from lerobot.processor.pipeline import DataProcessorPipeline
 
-    from piperctl.policy import load_policy_config, make_processors
+    from piperctl.checkpoints.model import load_policy_config, load_processors
 
     run = _copy_run(good_run, tmp_path, ("checkpoint-2",))
     folder = run / "checkpoint-2"
@@ -340,7 +333,7 @@ def test_processor_configs_cannot_import_or_escape(
     found = _codes(doc["checkpoints"][0])
     assert {("path-escape", ckpt.PREPROCESSOR_CONFIG), ("unsafe-config", ckpt.POSTPROCESSOR_CONFIG)} <= found
     with pytest.raises(PiperctlError):
-        make_processors(load_policy_config(folder, "cpu"), pretrained=folder, device="cpu")
+        load_processors(load_policy_config(folder, "cpu"), folder, device="cpu")
     assert not marker.exists()
 
     # The config is a real attack: lerobot's own loader instantiates the class it names.
@@ -358,7 +351,7 @@ def test_processor_configs_cannot_import_or_escape(
 def test_list_shows_incomplete_and_corrupt(
     good_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl.training import resolve_checkpoint
+    from piperctl.checkpoints.manager import resolve_checkpoint
 
     run = _copy_run(good_run, tmp_path, ("checkpoint-2", "checkpoint-4"))
     # checkpoint-6: a copy cut short before its manifest was written (e.g. an interrupted rsync).
@@ -401,7 +394,7 @@ def test_missing_or_empty_folders_are_clear(tmp_path: Path, capsys: pytest.Captu
         (["checkpoints", "verify", empty, "--json"], "holds no checkpoint-N folders"),
     ]:
         code, out, err = run_cli(args, capsys)
-        assert code == 2 and needle in _one_error_line(err) and out == "", args
+        assert code == 2 and needle in one_error_line(err) and out == "", args
     # A run that has not saved yet is not an error: nothing to list.
     (empty / ckpt.RUN_FILE).write_text("{}")
     code, out, _ = run_cli(["checkpoints", "list", empty, "--json"], capsys)
@@ -412,7 +405,7 @@ def test_missing_or_empty_folders_are_clear(tmp_path: Path, capsys: pytest.Captu
 
 def test_list_of_a_checkpoint_points_to_its_run(good_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["checkpoints", "list", good_run / "checkpoint-2"], capsys)
-    assert code == 2 and f"piperctl checkpoints list {good_run}" in _one_error_line(err)
+    assert code == 2 and f"piperctl checkpoints list {good_run}" in one_error_line(err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +417,7 @@ def _documented_fields() -> set[str]:
 
 
 def test_json_fields_are_stable_and_documented(good_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from piperctl.verify import CHECKS
+    from piperctl.checkpoints.verify import CHECKS
 
     _, doc = _verify([good_run / "checkpoint-2"], capsys, "--quick")
     assert list(doc) == ["format", "version", "mode", "ok", "checkpoints"]

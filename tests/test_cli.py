@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from piperctl import __version__
-from tests.conftest import python_exe, run_cli
+from tests.conftest import one_error_line, python_exe, run_cli
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,20 +20,12 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "--episodes" in out and "--force" in out
 
 
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert lines[0].startswith("error:")
-    return lines[0]
-
-
 def test_non_empty_out_refused_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     code, _, err = run_cli(["dataset", "synth", out, "--cameras", "none"], capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and str(out) in line and "--force" in line
     assert (out / "notes.txt").read_text() == "keep me"
 
@@ -42,7 +34,7 @@ def test_out_that_is_a_file_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     f = tmp_path / "file.txt"
     f.write_text("x")
     code, _, err = run_cli(["dataset", "synth", f], capsys)
-    assert code == 2 and str(f) in _one_error_line(err)
+    assert code == 2 and str(f) in one_error_line(err)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +51,7 @@ def test_bad_options_give_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
 ) -> None:
     code, _, err = run_cli(["dataset", "synth", tmp_path / "new", *args], capsys)
-    assert code == 2 and needle in _one_error_line(err)
+    assert code == 2 and needle in one_error_line(err)
 
 
 def test_force_replaces_and_console_script_runs(tmp_path: Path) -> None:

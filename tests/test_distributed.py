@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from piperctl import checkpoint as ckpt
-from tests.conftest import TINY_ACT, python_exe, run_cli
+from piperctl import checkpoints as ckpt
+from tests.conftest import TINY_ACT, assert_same_weights, losses, python_exe, run_cli
 
 BATCH = 4
 # Four steps of two processes, a checkpoint every second step, all of them kept.
@@ -68,19 +68,8 @@ def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProces
     )
 
 
-def _losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _state(folder: Path) -> dict:
     return json.loads((folder / ckpt.TRAINING_STATE).read_text())
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / ckpt.POLICY_WEIGHTS)), load_file(str(b / ckpt.POLICY_WEIGHTS))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 def _no_tmp(run: Path) -> bool:
@@ -102,7 +91,7 @@ def ref2(tmp_path_factory: pytest.TempPathFactory, ds: Path) -> Path:
 def test_ranks_take_disjoint_shards_of_the_same_global_order(ds: Path) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    from piperctl import data
+    from piperctl.training import data
 
     meta = LeRobotDatasetMetadata("local/tiny", root=ds)
 
@@ -172,9 +161,9 @@ def test_main_process_killed_while_saving_then_resumed_matches_uninterrupted_run
     res = _piperctl(["resume", run, "--num-processes", "2"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "removed 1 unfinished save" in res.stderr and _no_tmp(run), res.stderr[-3000:]
-    assert _losses(run) == _losses(ref2), res.stderr[-3000:]
-    _assert_same_weights(run, ref2)
-    _assert_same_weights(run / "checkpoint-4", ref2 / "checkpoint-4")
+    assert losses(run) == losses(ref2), res.stderr[-3000:]
+    assert_same_weights(run, ref2)
+    assert_same_weights(run / "checkpoint-4", ref2 / "checkpoint-4")
     opt_a = torch.load(run / "checkpoint-4" / ckpt.OPTIMIZER_STATE, weights_only=True)
     opt_b = torch.load(ref2 / "checkpoint-4" / ckpt.OPTIMIZER_STATE, weights_only=True)
     for k, v in opt_a["state"].items():
@@ -198,7 +187,7 @@ def test_sigterm_on_one_rank_stops_all_with_one_checkpoint_then_resumes_in_one_p
     assert f"piperctl resume {run / 'checkpoint-1'} --num-processes 2" in res.stderr
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-1"] and _no_tmp(run)
     assert ckpt.check_checkpoint(run / "checkpoint-1").ok
-    assert _losses(run) == _losses(ref2)[:1]
+    assert losses(run) == losses(ref2)[:1]
 
     capsys.readouterr()
     result = resume(run / "checkpoint-1", steps=2)  # one process now

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from piperctl.errors import PiperctlError
-from piperctl.policy import make_policy_config, parse_policy_options
+from piperctl.training.policy import make_policy_config, parse_policy_options
 
 
 def test_policy_opt_values_are_json_with_string_fallback(tmp_path: Path) -> None:

@@ -15,9 +15,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from piperctl import checkpoint as ckpt
+from piperctl import checkpoints as ckpt
 from piperctl.errors import PiperctlError
-from tests.conftest import TINY_ACT, python_exe, run_cli
+from tests.conftest import (
+    TINY_ACT,
+    assert_same_weights,
+    losses,
+    one_error_line,
+    python_exe,
+    run_cli,
+)
 
 TINY_DIFFUSION = {
     "pretrained_backbone_weights": None,
@@ -54,17 +61,6 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Pa
     run = tmp_path_factory.mktemp("ref") / "run"
     _train(run, tiny_ds, save_every=2, keep_last=2)
     return run
-
-
-def _losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / ckpt.POLICY_WEIGHTS)), load_file(str(b / ckpt.POLICY_WEIGHTS))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 def _cli(args: list, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -121,9 +117,9 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-4"]
     res = _cli(["resume", run])
     assert res.returncode == 0, res.stderr
-    assert _losses(run) == _losses(reference_run)
-    _assert_same_weights(run, reference_run)
-    _assert_same_weights(run / "checkpoint-8", reference_run / "checkpoint-8")
+    assert losses(run) == losses(reference_run)
+    assert_same_weights(run, reference_run)
+    assert_same_weights(run / "checkpoint-8", reference_run / "checkpoint-8")
     opt_a = torch.load(run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
     opt_b = torch.load(reference_run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
     for k, v in opt_a["state"].items():
@@ -145,8 +141,8 @@ def test_clean_stop_on_sigterm_saves_and_resumes_exactly(
     assert ckpt.check_checkpoint(run / "checkpoint-3").ok
     monkeypatch.delenv("PIPERCTL_FAULT")
     resume(run / "checkpoint-3")
-    assert _losses(run) == _losses(reference_run)
-    _assert_same_weights(run, reference_run)
+    assert losses(run) == losses(reference_run)
+    assert_same_weights(run, reference_run)
 
 
 def test_external_sigterm_checkpoints_and_exits_nonzero(tmp_path: Path, tiny_ds: Path) -> None:
@@ -187,7 +183,7 @@ def test_kill_during_save_leaves_no_partial_checkpoint(
     assert "removed 1 unfinished save" in res.stderr
     assert not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
     assert (run / "notes.txt").read_text() == "mine"  # only our temporary folders are removed
-    assert _losses(run) == _losses(reference_run)
+    assert losses(run) == losses(reference_run)
 
 
 def test_diffusion_trains_and_resumes_exactly_with_scheduler(
@@ -210,8 +206,8 @@ def test_diffusion_trains_and_resumes_exactly_with_scheduler(
         _train(tmp_path / "cut", tiny_ds, **opts)
     monkeypatch.delenv("PIPERCTL_FAULT")
     resume(tmp_path / "cut")
-    assert _losses(tmp_path / "cut") == ref.losses
-    _assert_same_weights(tmp_path / "cut", tmp_path / "ref")
+    assert losses(tmp_path / "cut") == ref.losses
+    assert_same_weights(tmp_path / "cut", tmp_path / "ref")
 
 
 def test_resume_can_extend_the_run(tmp_path: Path, reference_run: Path) -> None:
@@ -230,18 +226,11 @@ def test_resume_can_extend_the_run(tmp_path: Path, reference_run: Path) -> None:
 # refusals: one clear line each
 
 
-def _one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert lines and "Traceback" not in err, err
-    assert lines[-1].startswith("error:"), err
-    return lines[-1]
-
-
 def test_train_into_existing_run_points_to_resume(
     reference_run: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run_cli(_train_args(reference_run, tiny_ds), capsys)
-    line = _one_line(err)
+    line = one_error_line(err, after_logs=True)
     assert code == 2 and "already holds a training run" in line and f"piperctl resume {reference_run}" in line
 
 
@@ -271,13 +260,13 @@ def test_resume_refuses_damaged_checkpoints(
     elif damage == "renamed":
         target = target.rename(run / "checkpoint-5")
     code, _, err = run_cli(["resume", target], capsys)
-    assert code == 2 and needle in _one_line(err) and str(target.name) in err
+    assert code == 2 and needle in one_error_line(err, after_logs=True) and str(target.name) in err
 
 
 def test_resume_of_run_folder_skips_damaged_newest(
     tmp_path: Path, reference_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl.training import resolve_checkpoint
+    from piperctl.checkpoints.manager import resolve_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
@@ -299,7 +288,11 @@ def test_resume_refuses_changed_dataset_unless_allowed(
     info["notes"] = "re-exported"
     (ds / "meta" / "info.json").write_text(json.dumps(info))
     code, _, err = run_cli(["resume", run / "checkpoint-2", "--steps", "3"], capsys)
-    assert code == 2 and "fingerprint" in _one_line(err) and "--allow-dataset-change" in err
+    assert (
+        code == 2
+        and "fingerprint" in one_error_line(err, after_logs=True)
+        and "--allow-dataset-change" in err
+    )
     code, _, err = run_cli(["resume", run / "checkpoint-2", "--steps", "3", "--allow-dataset-change"], capsys)
     assert code == 0, err
     assert (run / "checkpoint-3").is_dir()
@@ -320,7 +313,7 @@ def test_resume_refuses_other_feature_shapes(tmp_path: Path, capsys: pytest.Capt
         force=True,
     )
     code, _, err = run_cli(["resume", run, "--steps", "3", "--allow-dataset-change"], capsys)
-    assert code == 2 and "do not match the checkpoint" in _one_line(err)
+    assert code == 2 and "do not match the checkpoint" in one_error_line(err, after_logs=True)
 
 
 def test_resume_refuses_other_policy_type_and_other_run(
@@ -335,9 +328,9 @@ def test_resume_refuses_other_policy_type_and_other_run(
     (other / ckpt.RUN_FILE).write_text(json.dumps({"run_id": "someone-else"}))
     shutil.copytree(reference_run / "checkpoint-8", other / "checkpoint-8")
     code, _, err = run_cli(["resume", other / "checkpoint-8", "--steps", "9"], capsys)
-    assert code == 2 and "holds another run" in _one_line(err)
+    assert code == 2 and "holds another run" in one_error_line(err, after_logs=True)
     code, _, err = run_cli(["resume", reference_run / "checkpoint-8"], capsys)
-    assert code == 2 and "--steps" in _one_line(err)
+    assert code == 2 and "--steps" in one_error_line(err, after_logs=True)
 
 
 def test_bad_train_options_give_one_line(
@@ -352,11 +345,11 @@ def test_bad_train_options_give_one_line(
     ]
     for extra, needle in cases:
         code, _, err = run_cli([*_train_args(tmp_path / "r", tiny_ds), *extra], capsys)
-        assert code == 2 and needle in _one_line(err), (extra, err)
+        assert code == 2 and needle in one_error_line(err, after_logs=True), (extra, err)
     code, _, err = run_cli(
         ["train", "--output-dir", tmp_path / "r2", "--dataset-root", tmp_path / "nowhere"], capsys
     )
-    assert code == 2 and "not a LeRobot dataset" in _one_line(err)
+    assert code == 2 and "not a LeRobot dataset" in one_error_line(err, after_logs=True)
     assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()  # a failed start leaves nothing
 
 
@@ -390,7 +383,7 @@ def test_init_from_starts_fresh_from_weights(tmp_path: Path, tiny_ds: Path, refe
 def test_validation_episodes_stay_out_of_sampler_and_stats(reference_run: Path, tiny_ds: Path) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    from piperctl import data
+    from piperctl.training import data
 
     meta = LeRobotDatasetMetadata("local/tiny", root=tiny_ds)
     train_eps = [0, 1, 2, 3]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from piperctl.checkpoint import RNG_STATE_JSON, RNG_STATE_TENSORS
+from piperctl.checkpoints.format import RNG_STATE_JSON, RNG_STATE_TENSORS
 
 # One process's generators: torch states as tensors, python and numpy states as JSON.
 RngState = tuple[dict[str, torch.Tensor], dict]
@@ -60,11 +60,6 @@ def save_rng_states(folder: Path, states: list[RngState]) -> None:
     if len(states) > 1:
         data["ranks"] = {str(rank): states[rank][1] for rank in range(1, len(states))}
     (folder / RNG_STATE_JSON).write_text(json.dumps(data) + "\n", encoding="utf-8")
-
-
-def save_rng_state(folder: Path) -> None:
-    """Write this process's generator states into `folder` (a one-rank checkpoint)."""
-    save_rng_states(folder, [capture_rng_state()])
 
 
 def saved_ranks(folder: Path) -> int:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from piperctl.errors import PiperctlError
-from piperctl.rng import derive_seed
+from piperctl.training.rng import derive_seed
 
 
 def open_metadata(dataset_id: str, root: str | Path | None):

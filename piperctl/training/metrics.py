@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from piperctl.checkpoint import atomic_write_text
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """All well-formed lines of a metrics.jsonl (a torn last line from a crash is skipped)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+from piperctl.checkpoints.atomic import atomic_write_text
+from piperctl.checkpoints.format import read_metrics
 
 
 class MetricsLog:
@@ -72,3 +59,29 @@ def plot_loss_curve(metrics_path: Path, out: Path) -> Path | None:
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+class NoMetrics:
+    """metrics.jsonl stand-in on the ranks that do not write files."""
+
+    def write(self, record: dict) -> None:
+        """Drop the record (rank 0 writes the mean over ranks)."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class Rate:
+    """Smoothed steps per second for the progress display."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.value = 0.0
+
+    def tick(self) -> float:
+        """Count one step; the smoothed rate."""
+        now = time.perf_counter()
+        inst = 1.0 / max(now - self._last, 1e-9)
+        self._last = now
+        self.value = inst if self.value == 0.0 else 0.9 * self.value + 0.1 * inst
+        return self.value

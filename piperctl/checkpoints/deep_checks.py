@@ -1,20 +1,30 @@
-"""Deep checks of one checkpoint: load every part the way resume and deployment would, and compare them."""
+"""Deep checks of one checkpoint: load every part the way resume and deployment would, and compare them.
+
+`DEEP_CHECKS` is the registry `checkpoints verify` runs, in order: each entry is a name (part of the
+`verify --json` contract), the kinds of folder it applies to, and a function that adds problems to
+the shared context. A new check is one decorated function.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from piperctl import checkpoint as ckpt
-from piperctl.errors import PiperctlError
-from piperctl.untrusted import (
+from piperctl.checkpoints import format as fmt
+from piperctl.checkpoints.atomic import read_json
+from piperctl.checkpoints.integrity import QuickCheck
+from piperctl.checkpoints.untrusted import (
     UntrustedFileError,
     load_torch_state,
     processor_config_problems,
     safetensors_header,
 )
+from piperctl.errors import PiperctlError
+
+CHECKPOINT, MODEL = "checkpoint", "model"
 
 
 @dataclass
@@ -25,7 +35,7 @@ class PolicyCache:
 
     def get(self, config_bytes: bytes, cfg: Any) -> Any:
         """The policy for this config, built on first use."""
-        from piperctl.policy import policy_from_config
+        from piperctl.checkpoints.model import policy_from_config
 
         if config_bytes not in self.policies:
             self.policies[config_bytes] = policy_from_config(cfg)
@@ -33,11 +43,17 @@ class PolicyCache:
 
 
 @dataclass
-class _Ctx:
+class Context:
+    """What the checks of one folder share: its scan result, what ran, and what earlier checks loaded."""
+
     folder: Path
-    result: ckpt.QuickCheck
-    ran: set[str]
-    escaped: set[str | None]
+    result: QuickCheck
+    cache: PolicyCache
+    ran: set[str] = field(default_factory=set)
+    escaped: set[str | None] = field(default_factory=set)
+    cfg: Any = None  # the policy config, once the policy check loaded it
+    config_bytes: bytes = b""
+    policy: Any = None  # the untrained policy built from cfg (weights loaded when they fit)
 
     def add(self, check: str, code: str, message: str, file: str | None) -> None:
         # A damaged file tends to fail several loaders the same way: name it once per kind.
@@ -65,32 +81,47 @@ def preload() -> None:
     import lerobot.processor  # noqa: F401
     import torch  # noqa: F401
 
-    import piperctl.policy  # noqa: F401
-    import piperctl.training  # noqa: F401
+    import piperctl.checkpoints.model  # noqa: F401
 
 
-def deep_check(result: ckpt.QuickCheck, kind: str, cache: PolicyCache) -> set[str]:
-    """Run every deep check on `result.path`, adding problems to `result`; returns the checks that ran.
+@dataclass(frozen=True)
+class DeepCheck:
+    """One named deep check and the kinds of folder (checkpoint, model) it applies to."""
 
-    `kind` is "checkpoint" (resumable: optimizer, training and RNG state too) or "model" (final model files).
-    """
+    name: str
+    kinds: frozenset[str]
+    run: Callable[[Context], None]
+
+
+DEEP_CHECKS: list[DeepCheck] = []
+
+
+def deep_check(name: str, kinds: tuple[str, ...] = (CHECKPOINT, MODEL)) -> Callable:
+    """Register the decorated function as the deep check `name` (run in registration order)."""
+
+    def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
+        DEEP_CHECKS.append(DeepCheck(name, frozenset(kinds), fn))
+        return fn
+
+    return register
+
+
+def run_deep_checks(result: QuickCheck, kind: str, cache: PolicyCache) -> set[str]:
+    """Run every deep check for a folder of `kind` on `result.path`, adding problems; the checks that ran."""
     from piperctl.quiet import quiet_third_party
 
     quiet_third_party()
-    escaped = {i.file for i in result.issues if i.code == "path-escape"}
-    ctx = _Ctx(result.path, result, set(), escaped)
-    _check_safetensors(ctx)
-    cfg, config_bytes = _load_config(ctx)
-    policy = _check_policy(ctx, cfg, config_bytes, cache) if cfg is not None else None
-    if kind == "checkpoint":
-        _check_optimizer(ctx, policy)
-        _check_training_state(ctx, cfg)
-        _check_rng_state(ctx)
-    _check_processors(ctx, cfg)
+    ctx = Context(
+        result.path, result, cache, escaped={i.file for i in result.issues if i.code == "path-escape"}
+    )
+    for check in DEEP_CHECKS:
+        if kind in check.kinds:
+            check.run(ctx)
     return ctx.ran
 
 
-def _check_safetensors(ctx: _Ctx) -> None:
+@deep_check("safetensors")
+def _check_safetensors(ctx: Context) -> None:
     ctx.ran.add("safetensors")
     manifest = ctx.result.manifest
     names = (
@@ -105,46 +136,40 @@ def _check_safetensors(ctx: _Ctx) -> None:
             ctx.add("safetensors", "unreadable", f"{path.name} cannot be read ({e.strerror or e})", path.name)
 
 
-def _load_config(ctx: _Ctx) -> tuple[Any, bytes]:
-    from piperctl.policy import load_policy_config
+@deep_check("policy")
+def _check_policy(ctx: Context) -> None:
+    from piperctl.checkpoints.model import load_policy_config, load_weights
 
-    if not ctx.present(ckpt.POLICY_CONFIG):
-        return None, b""
+    if not ctx.present(fmt.POLICY_CONFIG):
+        return
     ctx.ran.add("policy")
     try:
-        config_bytes = (ctx.folder / ckpt.POLICY_CONFIG).read_bytes()
-        return load_policy_config(ctx.folder, "cpu"), config_bytes
+        ctx.config_bytes = (ctx.folder / fmt.POLICY_CONFIG).read_bytes()
+        ctx.cfg = load_policy_config(ctx.folder, "cpu")
     except (PiperctlError, OSError) as e:
-        ctx.add("policy", "config-invalid", _first_line(e), ckpt.POLICY_CONFIG)
-        return None, b""
-
-
-def _check_policy(ctx: _Ctx, cfg: Any, config_bytes: bytes, cache: PolicyCache) -> Any:
-    from piperctl.policy import load_weights
-
+        ctx.add("policy", "config-invalid", _first_line(e), fmt.POLICY_CONFIG)
+        return
     try:
-        policy = cache.get(config_bytes, cfg)
+        ctx.policy = ctx.cache.get(ctx.config_bytes, ctx.cfg)
     except Exception as e:  # noqa: BLE001 - any failure to build means config.json describes no usable policy
         ctx.add(
             "policy",
             "config-invalid",
-            f"{ckpt.POLICY_CONFIG} does not build a policy ({_first_line(e)})",
-            ckpt.POLICY_CONFIG,
+            f"{fmt.POLICY_CONFIG} does not build a policy ({_first_line(e)})",
+            fmt.POLICY_CONFIG,
         )
-        return None
-    if not ctx.present(ckpt.POLICY_WEIGHTS):
-        return policy
+        return
+    if not ctx.present(fmt.POLICY_WEIGHTS):
+        return
     try:
-        load_weights(policy, ctx.folder / ckpt.POLICY_WEIGHTS)
+        load_weights(ctx.policy, ctx.folder / fmt.POLICY_WEIGHTS)
     except PiperctlError as e:
-        code = "safetensors-invalid" if "not a readable safetensors" in e.message else "weights-mismatch"
         ctx.add(
             "policy",
-            code,
-            e.message.replace(str(ctx.folder / ckpt.POLICY_WEIGHTS), ckpt.POLICY_WEIGHTS),
-            ckpt.POLICY_WEIGHTS,
+            e.code or "weights-mismatch",
+            e.message.replace(str(ctx.folder / fmt.POLICY_WEIGHTS), fmt.POLICY_WEIGHTS),
+            fmt.POLICY_WEIGHTS,
         )
-    return policy
 
 
 def _param_groups(policy: Any) -> list[list[Any]] | None:
@@ -158,10 +183,12 @@ def _param_groups(policy: Any) -> list[list[Any]] | None:
     return [params]
 
 
-def _check_optimizer(ctx: _Ctx, policy: Any) -> None:
+@deep_check("optimizer", kinds=(CHECKPOINT,))
+def _check_optimizer(ctx: Context) -> None:
     import torch
 
-    name = ckpt.OPTIMIZER_STATE
+    policy = ctx.policy
+    name = fmt.OPTIMIZER_STATE
     if not ctx.present(name):
         return
     try:
@@ -220,45 +247,27 @@ def _check_optimizer(ctx: _Ctx, policy: Any) -> None:
         )
 
 
-def _check_training_state(ctx: _Ctx, cfg: Any) -> None:
-    from piperctl.policy import feature_shapes
-    from piperctl.training import TRAINING_STATE_FORMAT
+@deep_check("training_state", kinds=(CHECKPOINT,))
+def _check_training_state(ctx: Context) -> None:
+    from piperctl.checkpoints.model import feature_shapes
 
-    name = ckpt.TRAINING_STATE
+    name = fmt.TRAINING_STATE
     if not ctx.present(name):
         return
     ctx.ran.add("training_state")
     try:
-        state = ckpt.read_json(ctx.folder / name, "training state")
+        state = read_json(ctx.folder / name, "training state")
     except PiperctlError as e:
         ctx.add(
             "training_state", "training-state-invalid", e.message.replace(str(ctx.folder / name), name), name
         )
         return
-    if state.get("format") != TRAINING_STATE_FORMAT:
-        ctx.add("training_state", "training-state-invalid", f"{name} is not a piperctl training state", name)
+    problems = fmt.TrainingState.problems(state, ctx.folder)
+    for p in problems:
+        ctx.add("training_state", p.code, p.message, None if p.code == "bad-name" else name)
+    if any(p.code == "training-state-invalid" for p in problems):
         return
-    step = ckpt.step_of(ctx.folder)
-    if step is None:
-        ctx.add(
-            "training_state",
-            "bad-name",
-            f"folder {ctx.folder.name!r} is not named checkpoint-N: resume reads the step from the folder name",
-            None,
-        )
-    elif state.get("step") != step:
-        ctx.add(
-            "training_state",
-            "step-mismatch",
-            f"folder is named for step {step} but {name} says step {state.get('step')} (renamed or mixed up?)",
-            name,
-        )
-    data = state.get("data")
-    lacking = [k for k in ("samples_seen", "seed", "run_id", "config") if k not in state]
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) for k in ("epoch", "offset")):
-        lacking.append("data.epoch/offset")
-    if lacking:
-        ctx.add("training_state", "training-state-invalid", f"{name} lacks {', '.join(lacking)}", name)
+    cfg = ctx.cfg
     if cfg is not None:
         if state.get("policy_type") not in (None, cfg.type):
             ctx.add(
@@ -274,7 +283,7 @@ def _check_training_state(ctx: _Ctx, cfg: Any) -> None:
                 f"{name} feature shapes {state['feature_shapes']} differ from config.json's {feature_shapes(cfg)}",
                 name,
             )
-    run_file = ctx.folder.parent / ckpt.RUN_FILE
+    run_file = ctx.folder.parent / fmt.RUN_FILE
     if run_file.is_file():
         try:
             run_id = json.loads(run_file.read_text(encoding="utf-8")).get("run_id")
@@ -289,11 +298,12 @@ def _check_training_state(ctx: _Ctx, cfg: Any) -> None:
             )
 
 
-def _check_rng_state(ctx: _Ctx) -> None:
+@deep_check("rng_state", kinds=(CHECKPOINT,))
+def _check_rng_state(ctx: Context) -> None:
     ctx.ran.add("rng_state")
-    if ctx.present(ckpt.RNG_STATE_JSON):
+    if ctx.present(fmt.RNG_STATE_JSON):
         try:
-            data = json.loads((ctx.folder / ckpt.RNG_STATE_JSON).read_text(encoding="utf-8"))
+            data = json.loads((ctx.folder / fmt.RNG_STATE_JSON).read_text(encoding="utf-8"))
             ok = (
                 isinstance(data, dict)
                 and all(isinstance(data.get(k), dict) for k in ("python", "numpy"))
@@ -306,28 +316,30 @@ def _check_rng_state(ctx: _Ctx) -> None:
             ctx.add(
                 "rng_state",
                 "rng-state-invalid",
-                f"{ckpt.RNG_STATE_JSON} does not hold python and numpy generator states",
-                ckpt.RNG_STATE_JSON,
+                f"{fmt.RNG_STATE_JSON} does not hold python and numpy generator states",
+                fmt.RNG_STATE_JSON,
             )
-    if ctx.present(ckpt.RNG_STATE_TENSORS):
+    if ctx.present(fmt.RNG_STATE_TENSORS):
         try:
-            header = safetensors_header(ctx.folder / ckpt.RNG_STATE_TENSORS)
+            header = safetensors_header(ctx.folder / fmt.RNG_STATE_TENSORS)
         except (UntrustedFileError, OSError):
             return  # reported by the safetensors check
         if "torch_cpu" not in header:
             ctx.add(
                 "rng_state",
                 "rng-state-invalid",
-                f"{ckpt.RNG_STATE_TENSORS} has no torch_cpu generator state",
-                ckpt.RNG_STATE_TENSORS,
+                f"{fmt.RNG_STATE_TENSORS} has no torch_cpu generator state",
+                fmt.RNG_STATE_TENSORS,
             )
 
 
-def _check_processors(ctx: _Ctx, cfg: Any) -> None:
-    from piperctl.policy import make_processors
+@deep_check("processors")
+def _check_processors(ctx: Context) -> None:
+    from piperctl.checkpoints.model import load_processors
 
+    cfg = ctx.cfg
     unsafe = False
-    for name in (ckpt.PREPROCESSOR_CONFIG, ckpt.POSTPROCESSOR_CONFIG):
+    for name in (fmt.PREPROCESSOR_CONFIG, fmt.POSTPROCESSOR_CONFIG):
         if name in ctx.escaped:
             unsafe = True
             continue
@@ -338,10 +350,10 @@ def _check_processors(ctx: _Ctx, cfg: Any) -> None:
             ctx.add("processors", e.code, e.message, name)
     if unsafe or cfg is None:
         return
-    if not (ctx.present(ckpt.PREPROCESSOR_CONFIG) and ctx.present(ckpt.POSTPROCESSOR_CONFIG)):
+    if not (ctx.present(fmt.PREPROCESSOR_CONFIG) and ctx.present(fmt.POSTPROCESSOR_CONFIG)):
         return
     ctx.ran.add("processors")
     try:
-        make_processors(cfg, pretrained=ctx.folder, device="cpu")
+        load_processors(cfg, ctx.folder, device="cpu")
     except Exception as e:  # noqa: BLE001 - lerobot raises many types for a processor that does not load
         ctx.add("processors", "processor-invalid", f"the processors do not load ({_first_line(e)})", None)

@@ -1,7 +1,7 @@
 """Data-parallel plumbing: process group and DDP through accelerate, a few collectives, a local launcher.
 
 A run of N processes is N copies of the single-process loop. Each rank reads its own shard of every
-global batch (see `piperctl.data.EpochSampler`), DDP averages the gradients, and rank 0 alone writes
+global batch (see `piperctl.training.data.EpochSampler`), DDP averages the gradients, and rank 0 alone writes
 files. `Dist` is what the loop needs from that world: who am I, wrap the model, agree with the others.
 With one process every method is the identity, so a single-process run is the plain loop it always was.
 """
@@ -84,38 +84,52 @@ class Dist:
             return model, optimizer
         return self.accelerator.prepare(model, optimizer)
 
-    def all_gather(self, obj: T) -> list[T]:
-        """Every rank's `obj`, in rank order, on every rank (small picklable objects only)."""
-        if self.accelerator is None:
-            return [obj]
-        import torch.distributed as tdist
-
-        out: list[Any] = [None] * self.world_size
+    @contextmanager
+    def _collective(self) -> Iterator[None]:
         try:
-            tdist.all_gather_object(out, obj)
+            yield
         except RuntimeError as e:  # gloo/NCCL: another process died or hung up
             raise PiperctlError(
                 f"lost contact with the other processes of this run ({str(e).splitlines()[0]})",
                 hint="another process failed first; its message says why",
                 exit_code=1,
             ) from e
-        return out
+
+    def all_gather(self, obj: T) -> list[T]:
+        """Every rank's `obj`, in rank order, on every rank (small picklable objects only)."""
+        if self.accelerator is None:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        with self._collective():
+            return gather_object([obj])
 
     def broadcast(self, obj: T) -> T:
         """Rank 0's `obj` on every rank."""
-        return self.all_gather(obj)[0]
+        if self.accelerator is None:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        with self._collective():
+            return broadcast_object_list([obj], from_process=0)[0]
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of `values` over ranks."""
         if self.accelerator is None:
             return values
-        return [sum(col) for col in zip(*self.all_gather(values), strict=True)]
+        import torch
+        from accelerate.utils import reduce
+
+        with self._collective():
+            return reduce(
+                torch.tensor(values, dtype=torch.float64, device=self.accelerator.device), "sum"
+            ).tolist()
 
     def mean(self, value: float) -> float:
         """The mean of `value` over ranks (one rank: the value itself, bit for bit)."""
         if self.accelerator is None:
             return value
-        return sum(self.all_gather(value)) / self.world_size
+        return self.sum([value])[0] / self.world_size
 
     def agree_on_signal(self, signum: int | None) -> int:
         """The stop signal every rank acts on: any rank's SIGINT/SIGTERM stops all of them at this step.

@@ -1,63 +1,37 @@
-"""Checkpoint folders: atomic saves, sha256 manifests, discovery, rotation and quick integrity checks."""
+"""Integrity of checkpoint folders: sha256 manifests, the one publish protocol, and quick integrity scans.
+
+Every folder piperctl publishes (a checkpoint, a run's final model, an export) is written through
+`publish`: filled in a temporary folder, each file fsynced, sealed with a manifest of sizes and
+sha256 digests written last, then renamed (or moved) into place. A folder without a manifest is
+incomplete; a file that disagrees with it is corrupt.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from piperctl.errors import PiperctlError
+from piperctl.checkpoints.atomic import fsync_dir, fsync_file, remove_tree, tmp_sibling, write_json
+from piperctl.checkpoints.format import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    OPTIMIZER_STATE,
+    REQUIRED_FILES,
+    TMP_PREFIX,
+    is_safe_relpath,
+    step_of,
+    utc_now,
+)
+from piperctl.checkpoints.untrusted import UntrustedFileError, check_torch_pickle
 
-CHECKPOINT_PREFIX = "checkpoint-"
-# Temporary folders start with this prefix so that a later start can tell ours from the user's files.
-TMP_PREFIX = ".piperctl-tmp-"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "piperctl-checkpoint"
-MANIFEST_VERSION = 1
-RUN_FILE = "run.json"
-
-POLICY_WEIGHTS = "policy.safetensors"
-POLICY_CONFIG = "config.json"
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
-POSTPROCESSOR_CONFIG = "postprocessor_config.json"
-OPTIMIZER_STATE = "optimizer_state.pth"
-TRAINING_STATE = "training_state.json"
-RNG_STATE_TENSORS = "rng_state.safetensors"
-RNG_STATE_JSON = "rng_state.json"
-
-# The layout contract of a resumable checkpoint (docs/checkpoint-format.md). Processor state files
-# (`*_processor.safetensors`) are named by lerobot and listed in the processor configs.
-MODEL_FILES = (POLICY_WEIGHTS, POLICY_CONFIG, PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
-REQUIRED_FILES = (*MODEL_FILES, OPTIMIZER_STATE, TRAINING_STATE, RNG_STATE_TENSORS, RNG_STATE_JSON)
-
-_STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _HASH_BLOCK = 1 << 20  # fits in L2 cache: hashing reads the block right after the copy
-
-
-def step_of(path: Path) -> int | None:
-    """The step encoded in a `checkpoint-N` folder name, or None for other names."""
-    m = _STEP_RE.match(path.name)
-    return int(m.group(1)) if m else None
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    """The folder of the checkpoint at `step` inside `run_dir`."""
-    return run_dir / f"{CHECKPOINT_PREFIX}{step}"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """`checkpoint-N` folders of a run, oldest (lowest step) first."""
-    if not run_dir.is_dir():
-        return []
-    found = [p for p in run_dir.iterdir() if p.is_dir() and step_of(p) is not None]
-    return sorted(found, key=lambda p: step_of(p) or 0)
 
 
 def sha256_file(path: Path) -> str:
@@ -114,52 +88,6 @@ def hash_files(
     return results  # type: ignore[return-value]
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames and new entries inside it survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: temp file in the same folder, fsync, rename, fsync folder."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_json(path: Path, data: object) -> None:
-    """Atomically write pretty JSON."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path, what: str) -> dict:
-    """Read a JSON object, turning a missing or garbled file into a one-line PiperctlError."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise PiperctlError(f"{what} {path} is missing") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PiperctlError(f"{what} {path} is not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise PiperctlError(f"{what} {path} is not a JSON object")
-    return data
-
-
 def build_manifest(folder: Path, step: int | None) -> dict:
     """Size and sha256 of every file under `folder` (except the manifest itself)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
@@ -168,7 +96,7 @@ def build_manifest(folder: Path, step: int | None) -> dict:
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "step": step,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_now(),
         "files": {
             p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": digests[p]} for p in files
         },
@@ -179,30 +107,51 @@ def seal(folder: Path, step: int | None) -> dict:
     """Fsync every file, then write the manifest last (its presence marks the folder complete)."""
     for p in folder.rglob("*"):
         if p.is_file():
-            _fsync_file(p)
+            fsync_file(p)
     manifest = build_manifest(folder, step)
     write_json(folder / MANIFEST, manifest)
     return manifest
 
 
-def save_atomically(target: Path, write_files: Callable[[Path], None], step: int | None) -> Path:
-    """Create folder `target` so that a crash at any instant leaves either all of it or nothing.
+def publish(
+    target: Path, write_files: Callable[[Path], None], step: int | None, *, into_existing: bool = False
+) -> Path:
+    """Create folder `target` so that a crash at any instant leaves either all of it or none of it.
 
-    `write_files(tmp)` fills a temporary sibling folder; it is sealed with a manifest, fsynced and
-    renamed into place. An existing `target` is replaced only after the new one is complete.
+    `write_files(tmp)` fills a temporary folder; it is sealed with a manifest and renamed into place
+    (an existing `target` is replaced only once the new one is complete). With `into_existing`, the
+    sealed files are moved into the existing folder `target` instead (a run's final model beside its
+    checkpoints), the old manifest first removed and the new one moved last. A failure removes the
+    temporary folder at once.
     """
-    parent = target.parent
+    parent = target if into_existing else target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = parent / f"{TMP_PREFIX}final.{os.getpid()}" if into_existing else tmp_sibling(target)
+    remove_tree(tmp)
     tmp.mkdir()
-    write_files(tmp)
-    seal(tmp, step)
-    fsync_dir(tmp)
+    try:
+        write_files(tmp)
+        manifest = seal(tmp, step)
+        fsync_dir(tmp)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    if into_existing:
+        # Without a manifest the old final model reads as incomplete, never as a corrupt mix.
+        (target / MANIFEST).unlink(missing_ok=True)
+        fsync_dir(target)
+        for rel in manifest["files"]:
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, dest)
+        fsync_dir(target)
+        os.replace(tmp / MANIFEST, target / MANIFEST)
+        fsync_dir(target)
+        remove_tree(tmp)
+        return target
     if target.exists():
         # Swap the old folder aside first: os.replace cannot replace a non-empty directory.
-        old = parent / f"{TMP_PREFIX}{target.name}.old.{os.getpid()}"
+        old = tmp_sibling(target, ".old")
         os.replace(target, old)
         os.replace(tmp, target)
         fsync_dir(parent)
@@ -211,18 +160,6 @@ def save_atomically(target: Path, write_files: Callable[[Path], None], step: int
         os.replace(tmp, target)
     fsync_dir(parent)
     return target
-
-
-def remove_stale_tmp(run_dir: Path) -> list[Path]:
-    """Delete temporary folders/files our interrupted saves left in `run_dir` (only ours)."""
-    removed = []
-    if not run_dir.is_dir():
-        return removed
-    for p in run_dir.iterdir():
-        if p.name.startswith(TMP_PREFIX):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            removed.append(p)
-    return removed
 
 
 @dataclass(frozen=True)
@@ -242,7 +179,6 @@ class QuickCheck:
     path: Path
     step: int | None
     state: str  # "complete" | "incomplete" | "corrupt"
-    problems: list[str] = field(default_factory=list)
     manifest: dict | None = None
     issues: list[Issue] = field(default_factory=list)
     hashed: bool = False
@@ -251,23 +187,20 @@ class QuickCheck:
     pending: dict[Path, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     @property
+    def problems(self) -> list[str]:
+        """The sentences of every problem found, in the order found."""
+        return [i.message for i in self.issues]
+
+    @property
     def ok(self) -> bool:
         """True when the checkpoint is complete and passed every check that was run."""
-        return self.state == "complete" and not self.problems
+        return self.state == "complete" and not self.issues
 
     def add(self, check: str, code: str, message: str, file: str | None = None) -> None:
         """Record a problem; any problem makes a complete checkpoint corrupt."""
         self.issues.append(Issue(check, code, message, file))
-        self.problems.append(message)
         if self.state == "complete":
             self.state = "corrupt"
-
-
-def is_safe_relpath(rel: object) -> bool:
-    """True for a relative POSIX path that stays inside its folder (no '..', no absolute, no backslash)."""
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
 @dataclass
@@ -406,8 +339,6 @@ def hash_pending(
     Also refuses an optimizer state whose pickle would import anything a plain state dict never
     needs: resume and verify rely on this full check before anything is unpickled.
     """
-    from piperctl.untrusted import UntrustedFileError, check_torch_pickle
-
     checks = list(checks)
     jobs: dict[Path, tuple[QuickCheck, str, str]] = {}
     for check in checks:
@@ -443,58 +374,3 @@ def check_checkpoint(
     if hash_contents:
         hash_pending([result])
     return result
-
-
-def pick_resumable(checks: list[QuickCheck]) -> tuple[QuickCheck | None, list[tuple[Path, str]]]:
-    """What `resume RUN_DIR` picks from quick checks (oldest first): the newest that also passes hashing.
-
-    Only candidates are hashed, newest first, so a healthy run costs one checkpoint's worth of reading.
-    """
-    skipped: list[tuple[Path, str]] = []
-    for check in reversed(checks):
-        if check.ok and not check.hashed:
-            hash_pending([check])
-        if check.ok:
-            return check, skipped
-        skipped.append((check.path, f"{check.state}: {'; '.join(check.problems)}"))
-    return None, skipped
-
-
-def find_resumable(run_dir: Path) -> tuple[Path, list[tuple[Path, str]]]:
-    """Newest checkpoint of `run_dir` that passes the full manifest check, plus why newer ones were skipped."""
-    picked, skipped = pick_resumable([scan_checkpoint(p) for p in list_checkpoints(run_dir)])
-    if picked is not None:
-        return picked.path, skipped
-    if skipped:
-        reasons = "; ".join(f"{p.name} {why}" for p, why in skipped)
-        raise PiperctlError(
-            f"no intact checkpoint in {run_dir} ({reasons})",
-            hint="run 'piperctl checkpoints verify' for details",
-        )
-    raise PiperctlError(
-        f"no checkpoint-N folders in {run_dir}", hint="pass a run folder written by 'piperctl train'"
-    )
-
-
-def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect`.
-
-    Only checkpoints that passed the quick check count and get deleted: a damaged one is left for the
-    user to inspect.
-    """
-    if keep_last <= 0:
-        return []
-    complete = [p for p in list_checkpoints(run_dir) if check_checkpoint(p, hash_contents=False).ok]
-    doomed = complete[:-keep_last] if len(complete) > keep_last else []
-    removed = []
-    for p in doomed:
-        if protect is not None and p.resolve() == protect.resolve():
-            continue
-        # Rename first so that a crash mid-delete cannot leave a half checkpoint under a valid name.
-        trash = run_dir / f"{TMP_PREFIX}{p.name}.deleting"
-        os.replace(p, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        removed.append(p)
-    if removed:
-        fsync_dir(run_dir)
-    return removed

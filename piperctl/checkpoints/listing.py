@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from piperctl import checkpoint as ckpt
-from piperctl.errors import PiperctlError
+from rich.filesize import decimal
 
-METRICS_FILE = "metrics.jsonl"
+from piperctl.checkpoints import format as fmt
+from piperctl.checkpoints.integrity import QuickCheck, scan_checkpoint
+from piperctl.checkpoints.manager import pick_resumable
+from piperctl.errors import PiperctlError
 
 
 @dataclass
@@ -65,7 +67,7 @@ def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _written(check: ckpt.QuickCheck) -> str | None:
+def _written(check: QuickCheck) -> str | None:
     created = (check.manifest or {}).get("created")
     if isinstance(created, str):
         return created
@@ -77,29 +79,27 @@ def _written(check: ckpt.QuickCheck) -> str | None:
 
 def list_run(run_dir: Path) -> list[Row]:
     """Rows for every checkpoint-N folder of `run_dir`, oldest first; marks the one `resume` would pick."""
-    from piperctl.metrics import read_metrics
-
     if not run_dir.exists():
         raise PiperctlError(f"{run_dir} does not exist", hint="pass a run folder written by 'piperctl train'")
     if not run_dir.is_dir():
         raise PiperctlError(
             f"{run_dir} is not a folder", hint="pass a run folder written by 'piperctl train'"
         )
-    if ckpt.step_of(run_dir) is not None or (run_dir / ckpt.TRAINING_STATE).exists():
+    if fmt.step_of(run_dir) is not None or (run_dir / fmt.TRAINING_STATE).exists():
         raise PiperctlError(
             f"{run_dir} is a checkpoint, not a run folder",
             hint=f"list its run with 'piperctl checkpoints list {run_dir.parent}'",
         )
-    folders = ckpt.list_checkpoints(run_dir)
-    if not folders and not (run_dir / ckpt.RUN_FILE).is_file():
+    folders = fmt.list_checkpoints(run_dir)
+    if not folders and not (run_dir / fmt.RUN_FILE).is_file():
         raise PiperctlError(
             f"{run_dir} holds no checkpoint-N folders and is not a piperctl run folder",
             hint="pass a run folder written by 'piperctl train'",
         )
-    checks = [ckpt.scan_checkpoint(p) for p in folders]
+    checks = [scan_checkpoint(p) for p in folders]
     # Same rule as `piperctl resume RUN_DIR`, hashing only the candidates it would have to hash.
-    picked, _ = ckpt.pick_resumable(checks)
-    rows = read_metrics(run_dir / METRICS_FILE)
+    picked, _ = pick_resumable(checks)
+    rows = fmt.read_metrics(run_dir / fmt.METRICS_FILE)
     train = _Series([(r["step"], float(r["loss"])) for r in rows if isinstance(r.get("loss"), int | float)])
     val = _Series(
         [(r["step"], float(r["val_loss"])) for r in rows if isinstance(r.get("val_loss"), int | float)]
@@ -126,14 +126,6 @@ def list_run(run_dir: Path) -> list[Row]:
             )
         )
     return out
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def _loss(value: float | None, at: int | None, step: int) -> str:
@@ -182,7 +174,7 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
         table.add_row(
             str(r.step),
             (r.written or "-").replace("T", " ")[:16],
-            _size(r.size_bytes),
+            decimal(r.size_bytes),
             _loss(r.train_loss, r.train_loss_step, r.step),
             _loss(r.val_loss, r.val_loss_step, r.step),
             f"[{colour.get(r.state, 'red')}]{r.state}[/]",
@@ -203,7 +195,7 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
         style="dim",
         highlight=False,
     )
-    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(fmt.TMP_PREFIX)]
     if leftovers:
         out.print(
             f"{len(leftovers)} unfinished save(s) ({_printable(', '.join(sorted(leftovers)))}) "

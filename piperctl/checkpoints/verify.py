@@ -7,23 +7,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from piperctl import checkpoint as ckpt
+from piperctl.checkpoints import format as fmt
+from piperctl.checkpoints.deep_checks import DEEP_CHECKS, MODEL
+from piperctl.checkpoints.integrity import QuickCheck, hash_pending, scan_checkpoint
 from piperctl.errors import PiperctlError
 
 # The checks of a report, in the order they run; names and values are part of the --json contract.
-CHECKS = (
-    "layout",
-    "manifest",
-    "sha256",
-    "safetensors",
-    "policy",
-    "optimizer",
-    "processors",
-    "training_state",
-    "rng_state",
-)
+CHECKS = ("layout", "manifest", "sha256", *(c.name for c in DEEP_CHECKS))
 _QUICK = {"layout", "manifest"}
-_CHECKPOINT_ONLY = {"optimizer", "training_state", "rng_state"}
+_CHECKPOINT_ONLY = {c.name for c in DEEP_CHECKS if MODEL not in c.kinds}
 JSON_FORMAT = "piperctl-verify"
 JSON_VERSION = 1
 
@@ -42,7 +34,7 @@ class Report:
 
     target: Target
     mode: str  # "full" | "quick"
-    result: ckpt.QuickCheck
+    result: QuickCheck
     ran: set[str] = field(default_factory=set)
 
     @property
@@ -90,11 +82,11 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
             raise PiperctlError(f"{path} does not exist", hint="pass checkpoint-N folders or run folders")
         if not path.is_dir():
             raise PiperctlError(f"{path} is not a folder", hint="pass checkpoint-N folders or run folders")
-        if ckpt.step_of(path) is not None or (path / ckpt.TRAINING_STATE).exists():
+        if fmt.step_of(path) is not None or (path / fmt.TRAINING_STATE).exists():
             targets.append(Target(path, "checkpoint"))
             continue
-        found = [Target(p, "checkpoint") for p in ckpt.list_checkpoints(path)]
-        if (path / ckpt.MANIFEST).is_file():
+        found = [Target(p, "checkpoint") for p in fmt.list_checkpoints(path)]
+        if (path / fmt.MANIFEST).is_file():
             found.append(Target(path, "model"))
         if not found:
             raise PiperctlError(
@@ -108,10 +100,10 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
     return list(unique.values())
 
 
-def _scan(target: Target) -> ckpt.QuickCheck:
+def _scan(target: Target) -> QuickCheck:
     if target.kind == "model":
-        return ckpt.scan_checkpoint(target.path, required=ckpt.MODEL_FILES, strict_contents=False)
-    return ckpt.scan_checkpoint(target.path)
+        return scan_checkpoint(target.path, required=fmt.MODEL_FILES, strict_contents=False)
+    return scan_checkpoint(target.path)
 
 
 def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool = False) -> list[Report]:
@@ -124,8 +116,8 @@ def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool =
         return reports
     from concurrent.futures import ThreadPoolExecutor
 
+    from piperctl.checkpoints.deep_checks import PolicyCache, preload, run_deep_checks
     from piperctl.console import is_interactive, progress_bar
-    from piperctl.deepcheck import PolicyCache, deep_check, preload
 
     # Hashing runs in threads without the GIL while this thread imports torch and lerobot (seconds).
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -136,7 +128,7 @@ def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool =
     show = progress and is_interactive() and len(reports) > 1
     with progress_bar("loading", len(reports)) if show else nullcontext() as bar:
         for r in reports:
-            r.ran |= deep_check(r.result, r.target.kind, cache)
+            r.ran |= run_deep_checks(r.result, r.target.kind, cache)
             if bar is not None:
                 bar.update(1, last=r.target.path.name)
     return reports
@@ -153,7 +145,7 @@ def _hash_all(reports: list[Report], progress: bool) -> None:
         if r.result.manifest is not None:
             r.ran.add("sha256")
     if not progress or total_mib < 1 or not (is_interactive() or total_mib >= 1024):
-        ckpt.hash_pending(checks)
+        hash_pending(checks)
         return
     with progress_bar("hashing (MiB)", total_mib) as bar:
         done = {"bytes": 0, "mib": 0}
@@ -164,7 +156,7 @@ def _hash_all(reports: list[Report], progress: bool) -> None:
             bar.update(mib - done["mib"])
             done["mib"] = mib
 
-        ckpt.hash_pending(checks, on_done=on_done)
+        hash_pending(checks, on_done=on_done)
 
 
 def _size(path: Path) -> int:

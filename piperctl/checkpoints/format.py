@@ -1,0 +1,246 @@
+"""The checkpoint and run-folder contract: file names, and the typed training state every checkpoint carries.
+
+docs/checkpoint-format.md describes the same layout for people. Adding a checkpoint file is one
+entry here (plus its writer in the trainer and its check in `verify`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_PREFIX = "checkpoint-"
+# Temporary folders and files start with this prefix so that a later start can tell ours from the user's.
+TMP_PREFIX = ".piperctl-tmp-"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "piperctl-checkpoint"
+MANIFEST_VERSION = 1
+RUN_FILE = "run.json"
+RUN_FORMAT = "piperctl-run"
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE = "loss_curve.png"
+
+POLICY_WEIGHTS = "policy.safetensors"
+POLICY_CONFIG = "config.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+POSTPROCESSOR_CONFIG = "postprocessor_config.json"
+OPTIMIZER_STATE = "optimizer_state.pth"
+TRAINING_STATE = "training_state.json"
+RNG_STATE_TENSORS = "rng_state.safetensors"
+RNG_STATE_JSON = "rng_state.json"
+
+# The model half of a checkpoint (also the final model in a run folder). Processor state files
+# (`*_processor.safetensors`) are named by lerobot and listed in the processor configs.
+MODEL_FILES = (POLICY_WEIGHTS, POLICY_CONFIG, PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
+# What resuming needs on top of the model.
+RESUME_FILES = (OPTIMIZER_STATE, TRAINING_STATE, RNG_STATE_TENSORS, RNG_STATE_JSON)
+REQUIRED_FILES = (*MODEL_FILES, *RESUME_FILES)
+
+_STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def step_of(path: Path) -> int | None:
+    """The step encoded in a `checkpoint-N` folder name, or None for other names."""
+    m = _STEP_RE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """The folder of the checkpoint at `step` inside `run_dir`."""
+    return run_dir / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders of a run, oldest (lowest step) first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=lambda p: step_of(p) or 0)
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """True for a folder named checkpoint-N or holding a training state (a checkpoint, not a run)."""
+    return step_of(path) is not None or (path / TRAINING_STATE).exists()
+
+
+def is_safe_relpath(rel: object) -> bool:
+    """True for a relative POSIX path that stays inside its folder (no '..', no absolute, no backslash)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def utc_now() -> str:
+    """The current time as the ISO-8601 UTC string every piperctl file records."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A reason a file does not meet the contract: a stable code (for reports) and a sentence."""
+
+    code: str
+    message: str
+
+
+@dataclass
+class RunInfo:
+    """run.json: which run a folder holds (checkpoints of another run are refused)."""
+
+    run_id: str
+    created: str = field(default_factory=utc_now)
+    piperctl: str = ""
+
+    def to_json(self) -> dict:
+        """The JSON object written to run.json."""
+        return {"format": RUN_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunInfo:
+        """Parse run.json (unknown keys are ignored; a missing run_id reads as empty)."""
+        return cls(
+            run_id=str(data.get("run_id") or ""),
+            created=str(data.get("created") or ""),
+            piperctl=str(data.get("piperctl") or ""),
+        )
+
+
+@dataclass
+class DataOrder:
+    """Where the training data order stands: epoch, samples consumed in it, and the epoch's length."""
+
+    epoch: int = 0
+    offset: int = 0
+    epoch_length: int = 0
+
+
+@dataclass
+class DatasetInfo:
+    """The dataset a checkpoint was trained on, and how its episodes were split."""
+
+    id: str
+    root: str | None
+    fingerprint: str
+    total_episodes: int
+    total_frames: int
+    train_episodes: list[int]
+    val_episodes: list[int]
+
+
+@dataclass
+class TrainingState:
+    """training_state.json: everything besides tensors that exact resumption needs, and what the run was."""
+
+    FORMAT = "piperctl-training-state"
+    VERSION = 1
+
+    step: int
+    samples_seen: int
+    data: DataOrder
+    seed: int
+    run_id: str
+    config: dict[str, Any]
+    policy_type: str | None = None
+    feature_shapes: dict[str, list[int]] = field(default_factory=dict)
+    dataset: DatasetInfo | None = None
+    scheduler: dict | None = None
+    world_size: int = 1
+    batch_size_per_process: int | None = None
+    effective_batch_size: int | None = None
+    lr_schedule: dict | None = None
+    topology: list[dict] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=utc_now)
+    resumed_from: str | None = None
+
+    def to_json(self) -> dict:
+        """The JSON object written to training_state.json."""
+        return {"format": self.FORMAT, "version": self.VERSION, **asdict(self)}
+
+    @classmethod
+    def problems(cls, data: object, folder: Path | None = None) -> list[Problem]:
+        """Every way `data` (parsed JSON) falls short of a training state for `folder` (empty when none)."""
+        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
+            return [Problem("training-state-invalid", f"{TRAINING_STATE} is not a piperctl training state")]
+        found: list[Problem] = []
+        if folder is not None:
+            step = step_of(folder)
+            if step is None:
+                found.append(
+                    Problem(
+                        "bad-name",
+                        f"folder {folder.name!r} is not named checkpoint-N: resume reads the step from the folder name",
+                    )
+                )
+            elif data.get("step") != step:
+                found.append(
+                    Problem(
+                        "step-mismatch",
+                        f"folder is named for step {step} but {TRAINING_STATE} says step {data.get('step')} "
+                        f"(renamed or mixed up? rename it to checkpoint-{data.get('step')} or pick another checkpoint)",
+                    )
+                )
+        lacking = [
+            k for k in ("samples_seen", "seed", "run_id", "config") if k not in data or data[k] is None
+        ]
+        if not isinstance(data.get("step"), int):
+            lacking.insert(0, "step")
+        order = data.get("data")
+        if not isinstance(order, dict) or not all(isinstance(order.get(k), int) for k in ("epoch", "offset")):
+            lacking.append("data.epoch/offset")
+        if not isinstance(data.get("config"), dict | None):
+            lacking.append("config (an object)")
+        if lacking:
+            found.append(Problem("training-state-invalid", f"{TRAINING_STATE} lacks {', '.join(lacking)}"))
+        return found
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainingState:
+        """Build from JSON that passed `problems` (older files lacking optional keys get defaults)."""
+        order = data["data"]
+        dataset = data.get("dataset")
+        return cls(
+            step=int(data["step"]),
+            samples_seen=int(data["samples_seen"]),
+            data=DataOrder(int(order["epoch"]), int(order["offset"]), int(order.get("epoch_length") or 0)),
+            seed=int(data["seed"]),
+            run_id=str(data["run_id"]),
+            config=dict(data["config"]),
+            policy_type=data.get("policy_type"),
+            feature_shapes=dict(data.get("feature_shapes") or {}),
+            dataset=DatasetInfo(**{k: dataset.get(k) for k in DatasetInfo.__dataclass_fields__})
+            if isinstance(dataset, dict)
+            else None,
+            scheduler=data.get("scheduler"),
+            world_size=int(data.get("world_size") or 1),
+            batch_size_per_process=data.get("batch_size_per_process"),
+            effective_batch_size=data.get("effective_batch_size"),
+            lr_schedule=data.get("lr_schedule"),
+            topology=list(data.get("topology") or []),
+            versions=dict(data.get("versions") or {}),
+            created=str(data.get("created") or ""),
+            resumed_from=data.get("resumed_from"),
+        )
+
+    def to_text(self) -> str:
+        """The file's text: pretty, sorted JSON."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All well-formed lines of a run's metrics.jsonl (a torn last line from a crash is skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows

@@ -1,0 +1,173 @@
+"""A run folder's checkpoints: when to save, publishing, keep-last rotation, and which one to resume from.
+
+As in torchtitan, the training loop only asks `should_save(step)` and hands over a writer; the
+`CheckpointManager` owns where the folder goes, that it is published atomically and sealed, and
+which old ones go.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from piperctl import __version__
+from piperctl.checkpoints.atomic import fsync_dir, read_json, remove_stale_tmp, write_json
+from piperctl.checkpoints.format import (
+    MANIFEST,
+    RUN_FILE,
+    TMP_PREFIX,
+    TRAINING_STATE,
+    RunInfo,
+    TrainingState,
+    checkpoint_dir,
+    list_checkpoints,
+    looks_like_checkpoint,
+    step_of,
+)
+from piperctl.checkpoints.integrity import (
+    QuickCheck,
+    check_checkpoint,
+    hash_pending,
+    publish,
+    scan_checkpoint,
+)
+from piperctl.console import log
+from piperctl.errors import PiperctlError
+from piperctl.faults import maybe_crash
+
+
+class CheckpointManager:
+    """Saves `checkpoint-N` folders of one run and keeps the newest `keep_last` (0 keeps all)."""
+
+    def __init__(self, run_dir: Path, *, save_every: int, keep_last: int, total_steps: int) -> None:
+        self.run_dir = run_dir
+        self.save_every = save_every
+        self.keep_last = keep_last
+        self.total_steps = total_steps
+        self.last: Path | None = None
+        # The checkpoint a resume started from is kept until a newer one exists, even past keep_last.
+        self.protect: Path | None = None
+
+    def should_save(self, step: int) -> bool:
+        """True at every `save_every`-th step and at the last step."""
+        return step % self.save_every == 0 or step == self.total_steps
+
+    def save(self, step: int, write_files: Callable[[Path], None]) -> Path:
+        """Publish checkpoint-`step` (filled by `write_files(folder)`), then apply keep-last."""
+        path = publish(checkpoint_dir(self.run_dir, step), write_files, step)
+        maybe_crash("after-save", step)
+        for old in rotate(self.run_dir, self.keep_last, protect=self.protect):
+            log(f"removed old checkpoint {old.name} (--keep-last {self.keep_last})")
+        self.protect = None
+        self.last = path
+        return path
+
+    def save_final(self, step: int, write_files: Callable[[Path], None]) -> None:
+        """Publish the final model files into the run folder itself, sealed by their own manifest."""
+        publish(self.run_dir, write_files, step, into_existing=True)
+
+    def clean_stale(self) -> list[Path]:
+        """Remove what interrupted saves of ours left in the run folder."""
+        return remove_stale_tmp(self.run_dir)
+
+    def start_run(self, run_id: str) -> None:
+        """Make the folder a run: write run.json (only once dataset, policy and options are known to work)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_file(self.run_dir, run_id)
+
+
+def write_run_file(run_dir: Path, run_id: str) -> None:
+    """Write run.json for `run_id` atomically."""
+    write_json(run_dir / RUN_FILE, RunInfo(run_id=run_id, piperctl=__version__).to_json())
+
+
+def read_run_file(run_dir: Path) -> RunInfo | None:
+    """run.json of a run folder, or None when there is none."""
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        return None
+    return RunInfo.from_json(read_json(path, "run file"))
+
+
+def read_training_state(folder: Path) -> TrainingState:
+    """training_state.json of a checkpoint, checked against the folder name (the first problem raises)."""
+    data = read_json(folder / TRAINING_STATE, "training state")
+    problems = TrainingState.problems(data, folder)
+    if problems:
+        raise PiperctlError(f"{folder}: {problems[0].message}")
+    return TrainingState.from_json(data)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, list[tuple[Path, str]]]:
+    """A checkpoint folder as given, or the newest intact one of a run folder (plus what was skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise PiperctlError(f"{path} does not exist", hint="pass a checkpoint-N folder or a run folder")
+    if looks_like_checkpoint(path) or ((path / MANIFEST).exists() and not list_checkpoints(path)):
+        return path, []
+    if not path.is_dir():
+        raise PiperctlError(f"{path} is not a folder", hint="pass a checkpoint-N folder or a run folder")
+    return find_resumable(path)
+
+
+def pick_resumable(checks: list[QuickCheck]) -> tuple[QuickCheck | None, list[tuple[Path, str]]]:
+    """What `resume RUN_DIR` picks from quick checks (oldest first): the newest that also passes hashing.
+
+    Only candidates are hashed, newest first, so a healthy run costs one checkpoint's worth of reading.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for check in reversed(checks):
+        if check.ok and not check.hashed:
+            hash_pending([check])
+        if check.ok:
+            return check, skipped
+        skipped.append((check.path, f"{check.state}: {'; '.join(check.problems)}"))
+    return None, skipped
+
+
+def find_resumable(run_dir: Path) -> tuple[Path, list[tuple[Path, str]]]:
+    """Newest checkpoint of `run_dir` that passes the full manifest check, plus why newer ones were skipped."""
+    picked, skipped = pick_resumable([scan_checkpoint(p) for p in list_checkpoints(run_dir)])
+    if picked is not None:
+        return picked.path, skipped
+    if skipped:
+        reasons = "; ".join(f"{p.name} {why}" for p, why in skipped)
+        raise PiperctlError(
+            f"no intact checkpoint in {run_dir} ({reasons})",
+            hint="run 'piperctl checkpoints verify' for details",
+        )
+    raise PiperctlError(
+        f"no checkpoint-N folders in {run_dir}", hint="pass a run folder written by 'piperctl train'"
+    )
+
+
+def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect`.
+
+    Only checkpoints that passed the quick check count and get deleted: a damaged one is left for the
+    user to inspect.
+    """
+    if keep_last <= 0:
+        return []
+    complete = [p for p in list_checkpoints(run_dir) if check_checkpoint(p, hash_contents=False).ok]
+    doomed = complete[:-keep_last] if len(complete) > keep_last else []
+    removed = []
+    for p in doomed:
+        if protect is not None and p.resolve() == protect.resolve():
+            continue
+        # Rename first so that a crash mid-delete cannot leave a half checkpoint under a valid name.
+        trash = run_dir / f"{TMP_PREFIX}{p.name}.deleting"
+        os.replace(p, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        removed.append(p)
+    if removed:
+        fsync_dir(run_dir)
+    return removed
+
+
+def newest_step(run_dir: Path) -> int | None:
+    """The step of a run's newest checkpoint folder (intact or not), or None."""
+    found = list_checkpoints(run_dir)
+    return step_of(found[-1]) if found else None

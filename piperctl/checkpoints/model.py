@@ -1,0 +1,116 @@
+"""The model half of a checkpoint: save and load a policy's config, weights and processors.
+
+Used by the trainer (save, resume), by `checkpoints verify` (deep load) and by exports alike, so
+every folder piperctl writes is read back by one piece of code. lerobot is imported lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from piperctl.checkpoints.format import (
+    POLICY_CONFIG,
+    POLICY_WEIGHTS,
+    POSTPROCESSOR_CONFIG,
+    PREPROCESSOR_CONFIG,
+)
+from piperctl.errors import PiperctlError
+
+
+def save_model_files(folder: Path, policy, preprocessor, postprocessor) -> None:
+    """Write weights, policy config and processors into `folder` (the model half of a checkpoint)."""
+    policy.config._save_pretrained(folder)
+    save_model(policy, str(folder / POLICY_WEIGHTS))
+    preprocessor.save_pretrained(folder, config_filename=PREPROCESSOR_CONFIG)
+    postprocessor.save_pretrained(folder, config_filename=POSTPROCESSOR_CONFIG)
+
+
+def load_policy_config(folder: Path, device: str | None = None):
+    """The lerobot policy config stored in a checkpoint's config.json."""
+    import lerobot.policies  # noqa: F401
+    from lerobot.configs.policies import PreTrainedConfig
+
+    path = folder / POLICY_CONFIG
+    if not path.is_file():
+        raise PiperctlError(
+            f"{path} is missing", hint="the checkpoint is incomplete; run 'piperctl checkpoints verify'"
+        )
+    try:
+        cfg = PreTrainedConfig.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001 - draccus raises many types for a bad config
+        raise PiperctlError(f"{path} is not a valid lerobot policy config ({e})") from e
+    if device is not None:
+        cfg.device = device
+    return cfg
+
+
+def policy_from_config(cfg):
+    """An untrained policy of the architecture `cfg` describes, built without downloading anything."""
+    from lerobot.policies.factory import get_policy_class
+
+    build_cfg = cfg
+    if getattr(cfg, "pretrained_backbone_weights", None):
+        # The checkpoint's weights replace the backbone anyway: don't download ImageNet weights for it.
+        build_cfg = dataclasses.replace(cfg, pretrained_backbone_weights=None)
+    policy = get_policy_class(cfg.type)(config=build_cfg)
+    policy.config = cfg
+    return policy
+
+
+def load_weights(policy: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into `policy`, refusing missing, unexpected or mis-shaped tensors."""
+    if not path.is_file():
+        raise PiperctlError(
+            f"{path} is missing", hint="the checkpoint is incomplete; run 'piperctl checkpoints verify'"
+        )
+    try:
+        missing, unexpected = load_model(policy, str(path), strict=False)
+    except RuntimeError as e:
+        raise PiperctlError(
+            f"weights in {path} do not fit this policy ({str(e).splitlines()[0]})", code="weights-mismatch"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise PiperctlError(
+            f"{path} is not a readable safetensors file ({e})", code="safetensors-invalid"
+        ) from e
+    if missing or unexpected:
+        raise PiperctlError(
+            code="weights-mismatch",
+            message=f"weights in {path} do not match the policy: {len(missing)} missing, {len(unexpected)} unexpected tensors"
+            + (f" (e.g. {(list(missing) + list(unexpected))[0]})" if missing or unexpected else ""),
+        )
+
+
+def feature_shapes(policy_cfg) -> dict[str, list[int]]:
+    """Input and output feature shapes of a policy config, for compatibility checks."""
+    feats = {**(policy_cfg.input_features or {}), **(policy_cfg.output_features or {})}
+    return {k: list(v.shape) for k, v in sorted(feats.items())}
+
+
+def load_processors(policy_cfg: Any, folder: Path, device: str | None = None) -> tuple[Any, Any]:
+    """The pre/post-processor pipelines saved in a checkpoint, refused if a config is unsafe to hand to lerobot."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from piperctl.checkpoints.untrusted import processor_config_problems
+
+    # A checkpoint is untrusted: lerobot would import any class and open any state file its configs name.
+    problems = [
+        e
+        for name in (PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
+        for e in processor_config_problems(folder, name)
+    ]
+    if problems:
+        raise problems[0]
+    overrides = {"device_processor": {"device": device or policy_cfg.device}}
+    return make_pre_post_processors(
+        policy_cfg=policy_cfg,
+        pretrained_path=str(folder),
+        preprocessor_config_filename=PREPROCESSOR_CONFIG,
+        postprocessor_config_filename=POSTPROCESSOR_CONFIG,
+        preprocessor_overrides=overrides,
+    )

@@ -1,0 +1,163 @@
+"""`train()` and `resume()`: the Python API behind `piperctl train` / `piperctl resume`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from piperctl.checkpoints.format import RUN_FILE, TMP_PREFIX, TRAINING_STATE, TrainingState, list_checkpoints
+from piperctl.checkpoints.integrity import check_checkpoint
+from piperctl.checkpoints.manager import (
+    read_run_file,
+    read_training_state,
+    resolve_checkpoint,
+    write_run_file,
+)
+from piperctl.console import log
+from piperctl.errors import PiperctlError
+from piperctl.training import distributed
+from piperctl.training.config import DEFAULT_DATASET_ID, TrainConfig, resolve_device
+from piperctl.training.trainer import Trainer, TrainResult
+
+
+def train(
+    output_dir: str | Path,
+    dataset_id: str = DEFAULT_DATASET_ID,
+    resume_from_checkpoint: str | Path | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train a LeRobot policy into `output_dir`, or continue from `resume_from_checkpoint`.
+
+    Options are the fields of `TrainConfig`. Started by torchrun or `accelerate launch`, every
+    process calls this and becomes one rank of a data-parallel run (see docs/distributed.md).
+    """
+    if resume_from_checkpoint is not None:
+        return resume(resume_from_checkpoint, output_dir=output_dir, dataset_id=dataset_id, **options)
+    with distributed.errors_once():
+        cfg = TrainConfig.from_options(output_dir, dataset_id, options)
+        dist = distributed.init(lambda: resolve_device(cfg.device))
+        run_dir = Path(cfg.output_dir)
+        dist.all_or_none(lambda: _refuse_existing_run(run_dir), main_only=True)
+        run_id = dist.broadcast(uuid.uuid4().hex)
+        return Trainer(cfg, run_dir, run_id, dist).run(start=None)
+
+
+def resume(
+    path: str | Path, output_dir: str | Path | None = None, dataset_id: str | None = None, **changes: Any
+) -> TrainResult:
+    """Continue a run exactly where checkpoint `path` (or the newest intact one of a run folder) left it.
+
+    Under a launcher, with any number of processes: the same number continues bit-exactly, another
+    number continues from the same sample and says what changed (docs/distributed.md).
+    """
+    with distributed.errors_once():
+        dist = distributed.init(lambda: resolve_device(changes.get("device") or _saved_device(path)))
+        # Rank 0 checks the checkpoint (hashing it once, not once per rank) and hands the verdict round.
+        cfg, folder, state = dist.all_or_none(
+            lambda: _prepare_resume(path, output_dir, dataset_id, changes), main_only=True
+        )
+        return Trainer(cfg, folder.parent, state.run_id, dist).run(start=(folder, state))
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise PiperctlError(f"--output-dir {run_dir} is a file", hint="choose a folder for the run")
+    if (run_dir / RUN_FILE).exists() or list_checkpoints(run_dir):
+        raise PiperctlError(
+            f"{run_dir} already holds a training run",
+            hint=f"continue it with 'piperctl resume {run_dir}', or choose a new --output-dir",
+        )
+    if any(p for p in run_dir.iterdir() if not p.name.startswith(TMP_PREFIX)):
+        raise PiperctlError(f"--output-dir {run_dir} is not empty", hint="choose a new or empty folder")
+
+
+def _saved_device(path: str | Path) -> str:
+    """The device a checkpoint (or a run's newest checkpoint) trains on, read without verifying it."""
+    path = Path(path)
+    folders = [path] if (path / TRAINING_STATE).is_file() else list_checkpoints(path)[::-1]
+    for folder in folders:
+        try:
+            device = json.loads((folder / TRAINING_STATE).read_text(encoding="utf-8"))["config"]["device"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        # Only a hint for choosing the process group's backend: the checkpoint is verified afterwards.
+        if device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:"):
+            return str(device)
+    return "auto"
+
+
+def _merge_changes(saved: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's options with the requested changes applied; refuses what may not change."""
+    merged = dict(saved)
+    resumable = TrainConfig.resumable()
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key in resumable:
+            merged[key] = value
+        elif key not in merged:
+            raise PiperctlError(f"unknown training option {key!r}")
+        elif merged[key] != value:
+            if key == "policy":
+                raise PiperctlError(
+                    f"the checkpoint holds a {merged[key]!r} policy, not {value!r}",
+                    hint="start a new run to train another policy type",
+                )
+            raise PiperctlError(
+                f"--{key.replace('_', '-')} cannot change on resume (checkpoint has {merged[key]!r})",
+                hint=f"only {', '.join('--' + o.replace('_', '-') for o in resumable)} may change; start a new run otherwise",
+            )
+    return merged
+
+
+def _prepare_resume(
+    path: str | Path, output_dir: str | Path | None, dataset_id: str | None, changes: dict[str, Any]
+) -> tuple[TrainConfig, Path, TrainingState]:
+    """Check the checkpoint and the requested changes; the config to continue with, the folder, its state."""
+    changes = dict(changes)
+    folder, skipped = resolve_checkpoint(path)
+    for p, why in skipped:
+        log(f"skipping {p.name}: {why}")
+    check = check_checkpoint(folder)
+    if not check.ok:
+        raise PiperctlError(
+            f"checkpoint {folder} is {check.state}: {'; '.join(check.problems)}",
+            hint="pick another checkpoint; 'piperctl checkpoints verify' shows details",
+        )
+    state = read_training_state(folder)
+    if skipped or Path(path) != folder:
+        log(f"resuming from {folder} (newest intact checkpoint, step {state.step})")
+    allow_change = bool(changes.pop("allow_dataset_change", False))
+    saved = _merge_changes(state.config, changes)
+    if dataset_id is not None and dataset_id != saved["dataset_id"] and saved.get("dataset_root") is None:
+        raise PiperctlError(
+            f"the checkpoint was trained on {saved['dataset_id']}, not {dataset_id}",
+            hint="use --allow-dataset-change with the same dataset layout",
+        )
+    run_dir = folder.parent
+    if output_dir is not None and Path(output_dir).resolve() != run_dir.resolve():
+        raise PiperctlError(
+            f"checkpoint {folder} belongs to the run in {run_dir}, not {output_dir}",
+            hint=f"resume into its own folder: 'piperctl resume {folder}'",
+        )
+    run = read_run_file(run_dir)
+    if run is None:
+        write_run_file(run_dir, state.run_id)
+    elif run.run_id != state.run_id:
+        raise PiperctlError(
+            f"{run_dir} holds another run than checkpoint {folder.name} (run ids differ)",
+            hint="copy the checkpoint into its own run folder before resuming",
+        )
+    saved["allow_dataset_change"] = allow_change
+    saved.pop("output_dir", None)
+    cfg = TrainConfig.from_options(run_dir, saved.pop("dataset_id"), saved)
+    if cfg.steps <= state.step:
+        raise PiperctlError(
+            f"the checkpoint is at step {state.step} and the run ends at step {cfg.steps}",
+            hint="pass --steps N with N larger than the checkpoint's step to extend the run",
+        )
+    return cfg, folder, state

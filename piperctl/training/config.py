@@ -1,0 +1,134 @@
+"""`TrainConfig`: the one declaration of every training option, its default, and whether resume may change it.
+
+The CLI reads its defaults and help from here, the API builds it from keyword arguments, and every
+checkpoint stores it, so adding an option is one field below (plus its Typer option in cli.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from piperctl.errors import PiperctlError
+
+DEFAULT_DATASET_ID = "ISdept/piper_arm"
+
+
+def option(default: Any, help: str, *, resumable: bool = False, factory: Any = None) -> Any:
+    """A TrainConfig field: its default, its --help text, and whether `resume` may change it."""
+    meta = {"help": help, "resumable": resumable}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in every checkpoint's training_state.json)."""
+
+    output_dir: str = option("", "Run folder (new or empty).")
+    dataset_id: str = option(DEFAULT_DATASET_ID, "Hub dataset id (or the repo_id of --dataset-root).")
+    dataset_root: str | None = option(None, "Local LeRobot dataset folder.")
+    policy: str = option("act", "lerobot policy type: act, diffusion, ...")
+    policy_options: dict[str, Any] = option(
+        None, "Policy config fields (from --policy-opt / --policy-config).", factory=dict
+    )
+    steps: int = option(1000, "Total optimizer steps.", resumable=True)
+    batch_size: int = option(8, "Batch size (per process).")
+    save_every: int = option(500, "Checkpoint every K steps.", resumable=True)
+    keep_last: int = option(3, "Keep the newest L checkpoints (0 keeps all).", resumable=True)
+    seed: int = option(1000, "Seed for initialisation and data order.")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", resumable=True)
+    num_workers: int = option(2, "DataLoader worker processes.", resumable=True)
+    lr: float | None = option(None, "Learning rate (default: the policy's preset).")
+    val_episodes: str | None = option(None, "Held-out episodes: a count (last N), a range A:B, or ids i,j.")
+    eval_every: int = option(0, "Validation every K steps (default: --save-every).", resumable=True)
+    log_every: int = option(1, "Write metrics.jsonl every K steps.", resumable=True)
+    init_from: str | None = option(None, "Start from this checkpoint's weights (fresh optimizer, step 0).")
+    allow_dataset_change: bool = option(False, "On resume: accept a changed dataset.")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every option's name."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def resumable(cls) -> tuple[str, ...]:
+        """Options that may differ on resume; everything else comes from the checkpoint."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resumable"))
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default value of option `name` (for the CLI)."""
+        f = cls.__dataclass_fields__[name]
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The --help text of option `name`."""
+        return cls.__dataclass_fields__[name].metadata["help"]
+
+    @classmethod
+    def from_options(cls, output_dir: Any, dataset_id: str, options: dict[str, Any]) -> TrainConfig:
+        """A validated config from keyword options (unknown names are refused)."""
+        names = set(cls.names()) - {"output_dir", "dataset_id"}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise PiperctlError(
+                f"unknown training option(s): {', '.join(unknown)}", hint=f"valid: {', '.join(sorted(names))}"
+            )
+        cfg = cls(output_dir=str(output_dir), dataset_id=dataset_id, **options)
+        for name in ("dataset_root", "val_episodes", "init_from"):
+            value = getattr(cfg, name)
+            if value is not None:
+                setattr(cfg, name, str(value))
+        cfg.validate()
+        return cfg
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in checkpoints."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Refuse nonsensical values with one clear line each."""
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise PiperctlError(
+                    f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})"
+                )
+        for name in ("keep_last", "num_workers", "eval_every"):
+            if getattr(self, name) < 0:
+                raise PiperctlError(
+                    f"--{name.replace('_', '-')} must be 0 or more (got {getattr(self, name)})"
+                )
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise PiperctlError(
+                f"--device {self.device!r} is not valid", hint="use auto, cpu, cuda, cuda:N or mps"
+            )
+        if self.lr is not None and not self.lr > 0:
+            raise PiperctlError(f"--lr must be positive (got {self.lr})")
+
+
+def resolve_device(name: str) -> str:
+    """'auto' picks CUDA, then Apple MPS, then CPU (lerobot's choice); explicit devices must exist."""
+    from lerobot.utils.device_utils import auto_select_torch_device, get_safe_torch_device
+
+    if name == "auto":
+        # lerobot logs a warning on CPU-only machines; choosing the CPU is not a problem here.
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            device = auto_select_torch_device()
+        finally:
+            logging.disable(previous)
+        return "cpu" if device.type == "xpu" else device.type
+    try:
+        get_safe_torch_device(name)
+    except ValueError as e:
+        raise PiperctlError(
+            f"--device {name} requested but {'CUDA' if name.startswith('cuda') else name.upper()} is not available",
+            hint="use --device cpu or auto",
+        ) from e
+    return name

@@ -1,0 +1,118 @@
+"""Policies for training: lerobot configs from piperctl options, fresh policies and processors for a dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from piperctl.errors import PiperctlError
+
+
+def parse_policy_options(items: list[str] | None, config_file: str | Path | None = None) -> dict[str, Any]:
+    """Policy-config overrides from a TOML/JSON file and `key=value` items (values parsed as JSON)."""
+    options: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except FileNotFoundError as e:
+            raise PiperctlError(f"policy config file {path} does not exist") from e
+        except (OSError, ValueError) as e:
+            raise PiperctlError(
+                f"policy config file {path} is not valid {path.suffix[1:].upper() or 'JSON'} ({e})"
+            ) from e
+        if not isinstance(data, dict):
+            raise PiperctlError(f"policy config file {path} must hold a table/object of policy fields")
+        options.update(data.get("policy", data))
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PiperctlError(
+                f"--policy-opt {item!r} is not KEY=VALUE", hint="e.g. --policy-opt chunk_size=20"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options[key.strip()] = value
+    return options
+
+
+def _decode(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """Turn JSON-ish option values into the field types of config class `cls` (draccus, as lerobot's CLI does)."""
+    import draccus
+
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in options.items():
+        try:
+            out[key] = draccus.decode(hints[key], value) if value is not None else None
+        except Exception as e:  # noqa: BLE001 - draccus raises its own error types for a bad value
+            raise PiperctlError(
+                f"policy option {key}={json.dumps(value)} is not a valid {hints[key]} ({e})"
+            ) from e
+    return out
+
+
+def make_policy_config(policy_type: str, device: str, options: dict[str, Any]):
+    """A lerobot policy config of `policy_type` with `options` applied and validated."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    from piperctl.quiet import quiet_third_party
+
+    quiet_third_party()
+    import lerobot.policies  # noqa: F401  (registers every policy type)
+
+    known = sorted(PreTrainedConfig.get_known_choices())
+    if policy_type not in known:
+        raise PiperctlError(f"unknown policy type {policy_type!r}", hint=f"choose one of: {', '.join(known)}")
+    cls = PreTrainedConfig.get_choice_class(policy_type)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise PiperctlError(
+            f"{policy_type} policy has no option {', '.join(unknown)}",
+            hint=f"valid options: {', '.join(sorted(n for n in fields if not n.startswith('_')))}",
+        )
+    kwargs = _decode(cls, options)
+    kwargs["device"] = device
+    kwargs.setdefault("push_to_hub", False)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise PiperctlError(f"invalid {policy_type} policy options: {e}") from e
+
+
+def build_policy(policy_cfg, ds_meta):
+    """Instantiate a fresh policy whose input/output features come from the dataset."""
+    from lerobot.policies.factory import make_policy
+
+    try:
+        return make_policy(cfg=policy_cfg, ds_meta=ds_meta)
+    except (ValueError, NotImplementedError) as e:
+        raise PiperctlError(f"cannot build a {policy_cfg.type} policy for this dataset: {e}") from e
+    except OSError as e:
+        # Typically torchvision trying to download ImageNet backbone weights while offline.
+        raise PiperctlError(
+            f"cannot build the {policy_cfg.type} policy: {e}",
+            hint="offline? pass --policy-opt pretrained_backbone_weights=null to start the backbone from scratch",
+        ) from e
+
+
+def new_processors(policy_cfg: Any, stats: dict) -> tuple[Any, Any]:
+    """Fresh pre/post-processor pipelines normalizing with the training episodes' `stats`."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
+
+
+def dataset_feature_shapes(ds_meta) -> dict[str, list[int]]:
+    """Shapes of the features a policy would see in this dataset (same keys as `feature_shapes`)."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    return {k: list(v.shape) for k, v in sorted(dataset_to_policy_features(ds_meta.features).items())}
