@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer uses the click package
 
 from piperctl import __version__
 from piperctl.console import fail_line
-from piperctl.errors import PiperctlError
+from piperctl.errors import PiperctlError, from_os_error
 from piperctl.training.config import TrainConfig
 
 app = typer.Typer(
@@ -456,6 +456,12 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.ClickException as e:
         fail_line(e.format_message())
         sys.exit(e.exit_code)
+    except OSError as e:
+        # No permission, disk full, a read-only folder, a symlink loop: the user's to fix, not a bug.
+        if _debug_enabled():
+            traceback.print_exc()
+        fail_line(str(from_os_error(e)))
+        sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):  # typer >= 0.20 has no click_exc.Abort
         fail_line("interrupted")
         sys.exit(130)

@@ -1,4 +1,9 @@
-"""Terminal output: Rich progress bars on a terminal, plain log lines everywhere else."""
+"""Terminal output: Rich progress bars on a terminal, plain log lines everywhere else.
+
+The one place piperctl prints to the terminal. Only our own markup is ever interpreted: every
+message, path, exception text or other library's output passed to `log`, `fail_line` or `safe` is
+escaped, so a `[/x]` in a path is printed as it is instead of breaking the output.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,10 +43,15 @@ def is_interactive() -> bool:
     return _rank == 0 and err.is_terminal and not err.is_dumb_terminal
 
 
+def safe(text: object) -> str:
+    """`text` as Rich shows it literally: markup escaped, control characters replaced by '?'."""
+    return escape("".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in str(text)))
+
+
 def log(message: str) -> None:
-    """Print one plain progress/log line on stderr (rank 0 only)."""
+    """Print one plain progress/log line on stderr (rank 0 only); the text is never read as markup."""
     if _rank == 0:
-        err.print(message, highlight=False, soft_wrap=True)
+        err.print(safe(message), highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -87,7 +98,7 @@ def progress_bar(description: str, total: int, log_every_s: float = 10.0) -> Ite
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         console=err,
         transient=False,
     )
@@ -98,6 +109,6 @@ def progress_bar(description: str, total: int, log_every_s: float = 10.0) -> Ite
 
 
 def fail_line(message: str) -> None:
-    """Print the single red error line of the CLI convention."""
+    """Print the single red error line of the CLI convention (`message` is shown literally)."""
     where = f"\\[rank {_rank}] " if _rank else ""
-    err.print(f"{where}[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"{where}[bold red]error:[/] {safe(message)}", highlight=False, soft_wrap=True)

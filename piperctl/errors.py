@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class PiperctlError(Exception):
     """An expected failure: the CLI prints it as one line on stderr and exits with `exit_code`."""
@@ -23,3 +25,25 @@ class PiperctlError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space and run the command again",
+    errno.EDQUOT: "your disk quota is used up: free some space and run the command again",
+    errno.EACCES: "check the permissions of that path, or choose a folder you can write to",
+    errno.EPERM: "check the permissions of that path, or choose a folder you can write to",
+    errno.EROFS: "that filesystem is read-only: choose another folder",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: check the path",
+    errno.EISDIR: "that path is a folder: give a file",
+    errno.ELOOP: "a symbolic link there points to itself: remove or fix the link",
+    errno.EIO: "the disk reported an I/O error: check the device",
+}
+
+
+def from_os_error(e: OSError) -> PiperctlError:
+    """An OSError (no permission, disk full, read-only, missing path, ...) as one line naming the path."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or str(e) or type(e).__name__
+    message = f"{where}: {what}" if where else what
+    return PiperctlError(message[0].lower() + message[1:] if message else message, hint=_OS_HINTS.get(e.errno or 0))

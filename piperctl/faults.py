@@ -1,12 +1,19 @@
 """Fault injection for crash-safety tests: `PIPERCTL_FAULT=<point>:<step>[@<rank>]` hits a process there.
 
-Points: `mid-save` and `after-save` (SIGKILL inside / right after writing checkpoint <step>),
-`sigterm` and `sigint` (that signal after optimizer step <step>, as a scheduler or Ctrl-C would).
+Points (SIGKILL unless said otherwise):
+- `after-start` (step 0): right after run.json is written, before any checkpoint;
+- `mid-save` / `after-save`: inside / right after writing checkpoint <step>;
+- `mid-rotate`: while --keep-last deletes an old checkpoint after saving checkpoint <step>;
+- `mid-final-save`: while the final model of a run that ended at <step> is written;
+- `disk-full`: raises OSError(ENOSPC) inside the write of checkpoint <step>, as a full disk would;
+- `kill`: SIGKILL right after optimizer step <step> (a crash between saves);
+- `sigterm` / `sigint`: that signal after optimizer step <step>, as a scheduler or Ctrl-C would.
 With `@<rank>` only that rank of a multi-process run is hit (its RANK variable); without it, every rank.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -23,4 +30,6 @@ def maybe_crash(point: str, step: int) -> None:
     if rank and rank != os.environ.get("RANK", "0"):
         return
     if name == point and at.isdigit() and int(at) == step:
+        if point == "disk-full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "(injected fault)")
         os.kill(os.getpid(), _SIGNALS.get(point, signal.SIGKILL))

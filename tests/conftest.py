@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +112,49 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+# The options of the tiny runs the training tests compare (8 steps of batch 4, one held-out episode).
+TRAIN_BASE = {"steps": 8, "batch_size": 4, "save_every": 4, "num_workers": 0, "val_episodes": "1", "seed": 5}
+
+
+def policy_opt_args(options: dict) -> list[str]:
+    """`--policy-opt KEY=JSON` arguments for a dict of policy options."""
+    out: list[str] = []
+    for k, v in options.items():
+        out += ["--policy-opt", f"{k}={json.dumps(v)}"]
+    return out
+
+
+def train_tiny(run_dir: Path, ds: Path, **overrides: Any) -> Any:
+    """Train a tiny ACT on `ds` through the Python API (TRAIN_BASE options unless overridden)."""
+    from piperctl import train
+
+    opts = {**TRAIN_BASE, "policy_options": dict(TINY_ACT), **overrides}
+    return train(run_dir, dataset_id="local/tiny", dataset_root=str(ds), **opts)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Path:
+    """An uninterrupted 8-step ACT run (checkpoints every 2 steps, keep-last 2)."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train_tiny(run, tiny_ds, save_every=2, keep_last=2)
+    return run
+
+
+def piperctl_cli(args: list, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the installed `piperctl` console script in a new process."""
+    exe = Path(python_exe()).with_name("piperctl")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def train_args(run: Path, ds: Path, **overrides: Any) -> list[str]:
+    """The `piperctl train` command line of a tiny ACT run (TRAIN_BASE options unless overridden)."""
+    opts = {**TRAIN_BASE, **overrides}
+    args = ["train", "--output-dir", run, "--dataset-root", ds, "--dataset-id", "local/tiny"]
+    for k, v in opts.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return [*map(str, args), *policy_opt_args(TINY_ACT)]

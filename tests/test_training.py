@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -22,8 +21,11 @@ from tests.conftest import (
     assert_same_weights,
     losses,
     one_error_line,
+    piperctl_cli,
     python_exe,
     run_cli,
+    train_args,
+    train_tiny,
 )
 
 TINY_DIFFUSION = {
@@ -38,47 +40,6 @@ TINY_DIFFUSION = {
     "spatial_softmax_num_keypoints": 8,
     "use_group_norm": True,
 }
-BASE = {"steps": 8, "batch_size": 4, "save_every": 4, "num_workers": 0, "val_episodes": "1", "seed": 5}
-
-
-def _cli_opts(options: dict) -> list[str]:
-    out: list[str] = []
-    for k, v in options.items():
-        out += ["--policy-opt", f"{k}={json.dumps(v)}"]
-    return out
-
-
-def _train(run_dir: Path, ds: Path, **overrides):
-    from piperctl import train
-
-    opts = {**BASE, "policy_options": dict(TINY_ACT), **overrides}
-    return train(run_dir, dataset_id="local/tiny", dataset_root=str(ds), **opts)
-
-
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Path:
-    """An uninterrupted 8-step ACT run (checkpoints every 2 steps, keep-last 2)."""
-    run = tmp_path_factory.mktemp("ref") / "run"
-    _train(run, tiny_ds, save_every=2, keep_last=2)
-    return run
-
-
-def _cli(args: list, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    exe = Path(python_exe()).with_name("piperctl")
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
-
-
-def _train_args(run: Path, ds: Path, **overrides) -> list[str]:
-    opts = {**BASE, **overrides}
-    args = ["train", "--output-dir", run, "--dataset-root", ds, "--dataset-id", "local/tiny"]
-    for k, v in opts.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return [*map(str, args), *_cli_opts(TINY_ACT)]
-
-
 # ---------------------------------------------------------------------------------------------
 # exactness
 
@@ -112,10 +73,10 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(
     tmp_path: Path, tiny_ds: Path, reference_run: Path
 ) -> None:
     run = tmp_path / "run"
-    res = _cli(_train_args(run, tiny_ds, num_workers=2), env={"PIPERCTL_FAULT": "after-save:4"})
+    res = piperctl_cli(train_args(run, tiny_ds, num_workers=2), env={"PIPERCTL_FAULT": "after-save:4"})
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-4"]
-    res = _cli(["resume", run])
+    res = piperctl_cli(["resume", run])
     assert res.returncode == 0, res.stderr
     assert losses(run) == losses(reference_run)
     assert_same_weights(run, reference_run)
@@ -135,7 +96,7 @@ def test_clean_stop_on_sigterm_saves_and_resumes_exactly(
     run = tmp_path / "run"
     monkeypatch.setenv("PIPERCTL_FAULT", "sigterm:3")
     with pytest.raises(TrainingInterrupted) as exc:
-        _train(run, tiny_ds, save_every=100)
+        train_tiny(run, tiny_ds, save_every=100)
     assert exc.value.exit_code == 128 + signal.SIGTERM
     assert "piperctl resume" in str(exc.value) and "checkpoint-3" in str(exc.value)
     assert ckpt.check_checkpoint(run / "checkpoint-3").ok
@@ -149,7 +110,7 @@ def test_external_sigterm_checkpoints_and_exits_nonzero(tmp_path: Path, tiny_ds:
     run = tmp_path / "run"
     exe = Path(python_exe()).with_name("piperctl")
     proc = subprocess.Popen(
-        [exe, *_train_args(run, tiny_ds, steps=100000, save_every=100000)],
+        [exe, *train_args(run, tiny_ds, steps=100000, save_every=100000)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -172,13 +133,13 @@ def test_kill_during_save_leaves_no_partial_checkpoint(
     tmp_path: Path, tiny_ds: Path, reference_run: Path
 ) -> None:
     run = tmp_path / "run"
-    res = _cli(_train_args(run, tiny_ds, save_every=2), env={"PIPERCTL_FAULT": "mid-save:4"})
+    res = piperctl_cli(train_args(run, tiny_ds, save_every=2), env={"PIPERCTL_FAULT": "mid-save:4"})
     assert res.returncode == -signal.SIGKILL
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-2"]
     leftovers = [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
     assert leftovers, "the interrupted save should have left its temporary folder"
     (run / "notes.txt").write_text("mine")
-    res = _cli(["resume", run])
+    res = piperctl_cli(["resume", run])
     assert res.returncode == 0, res.stderr
     assert "removed 1 unfinished save" in res.stderr
     assert not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
@@ -198,12 +159,12 @@ def test_diffusion_trains_and_resumes_exactly_with_scheduler(
         "save_every": 3,
         "val_episodes": None,
     }
-    ref = _train(tmp_path / "ref", tiny_ds, **opts)
+    ref = train_tiny(tmp_path / "ref", tiny_ds, **opts)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert len(set(lrs)) > 1  # the cosine/warm-up scheduler really moves the learning rate
     monkeypatch.setenv("PIPERCTL_FAULT", "sigint:2")
     with pytest.raises(TrainingInterrupted):
-        _train(tmp_path / "cut", tiny_ds, **opts)
+        train_tiny(tmp_path / "cut", tiny_ds, **opts)
     monkeypatch.delenv("PIPERCTL_FAULT")
     resume(tmp_path / "cut")
     assert losses(tmp_path / "cut") == ref.losses
@@ -229,7 +190,7 @@ def test_resume_can_extend_the_run(tmp_path: Path, reference_run: Path) -> None:
 def test_train_into_existing_run_points_to_resume(
     reference_run: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(_train_args(reference_run, tiny_ds), capsys)
+    code, _, err = run_cli(train_args(reference_run, tiny_ds), capsys)
     line = one_error_line(err, after_logs=True)
     assert code == 2 and "already holds a training run" in line and f"piperctl resume {reference_run}" in line
 
@@ -283,7 +244,7 @@ def test_resume_refuses_changed_dataset_unless_allowed(
     ds = tmp_path / "ds"
     shutil.copytree(tiny_ds, ds)
     run = tmp_path / "run"
-    _train(run, ds, steps=2, save_every=2)
+    train_tiny(run, ds, steps=2, save_every=2)
     info = json.loads((ds / "meta" / "info.json").read_text())
     info["notes"] = "re-exported"
     (ds / "meta" / "info.json").write_text(json.dumps(info))
@@ -306,7 +267,7 @@ def test_resume_refuses_other_feature_shapes(tmp_path: Path, capsys: pytest.Capt
         ds, SynthConfig(episodes=3, frames=(20, 20), cameras=["front"], image_size=(32, 40), video=False)
     )
     run = tmp_path / "run"
-    _train(run, ds, steps=2, save_every=2, val_episodes=None)
+    train_tiny(run, ds, steps=2, save_every=2, val_episodes=None)
     synthesize(
         ds,
         SynthConfig(episodes=3, frames=(20, 20), cameras=["front"], image_size=(40, 48), video=False),
@@ -344,7 +305,7 @@ def test_bad_train_options_give_one_line(
         (["--device", "tpu"], "--device"),
     ]
     for extra, needle in cases:
-        code, _, err = run_cli([*_train_args(tmp_path / "r", tiny_ds), *extra], capsys)
+        code, _, err = run_cli([*train_args(tmp_path / "r", tiny_ds), *extra], capsys)
         assert code == 2 and needle in one_error_line(err, after_logs=True), (extra, err)
     code, _, err = run_cli(
         ["train", "--output-dir", tmp_path / "r2", "--dataset-root", tmp_path / "nowhere"], capsys
@@ -360,7 +321,7 @@ def test_bad_train_options_give_one_line(
 def test_init_from_starts_fresh_from_weights(tmp_path: Path, tiny_ds: Path, reference_run: Path) -> None:
     run = tmp_path / "ft"
     opts = {**TINY_ACT, "optimizer_lr_backbone": 1e-12}  # ACT trains its backbone at its own rate
-    _train(
+    train_tiny(
         run,
         tiny_ds,
         steps=1,

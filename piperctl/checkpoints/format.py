@@ -21,6 +21,8 @@ MANIFEST_FORMAT = "piperctl-checkpoint"
 MANIFEST_VERSION = 1
 RUN_FILE = "run.json"
 RUN_FORMAT = "piperctl-run"
+# Held (flock) by the one process that writes a run folder; see checkpoints/lock.py.
+LOCK_FILE = "run.lock"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE = "loss_curve.png"
 
@@ -94,6 +96,8 @@ class RunInfo:
     run_id: str
     created: str = field(default_factory=utc_now)
     piperctl: str = ""
+    # The run's options, so that a run stopped before its first checkpoint can start again as it was.
+    config: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         """The JSON object written to run.json."""
@@ -106,6 +110,7 @@ class RunInfo:
             run_id=str(data.get("run_id") or ""),
             created=str(data.get("created") or ""),
             piperctl=str(data.get("piperctl") or ""),
+            config=data.get("config") if isinstance(data.get("config"), dict) else None,
         )
 
 

@@ -8,6 +8,7 @@ incomplete; a file that disagrees with it is corrupt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -113,6 +114,15 @@ def seal(folder: Path, step: int | None) -> dict:
     return manifest
 
 
+def disk_full(folder: Path) -> bool:
+    """True when the filesystem of `folder` has (almost) no space left."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return False
+    return usage.free < max(4 << 20, usage.total // 1000)
+
+
 def publish(
     target: Path, write_files: Callable[[Path], None], step: int | None, *, into_existing: bool = False
 ) -> Path:
@@ -133,8 +143,12 @@ def publish(
         write_files(tmp)
         manifest = seal(tmp, step)
         fsync_dir(tmp)
-    except BaseException:
+    except BaseException as e:
+        full = not isinstance(e, OSError) and disk_full(parent)
         remove_tree(tmp)
+        if full:
+            # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...").
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
         raise
     if into_existing:
         # Without a manifest the old final model reads as incomplete, never as a corrupt mix.
@@ -220,7 +234,11 @@ def _walk(folder: Path, recursive: bool) -> dict[str, _Found]:
             for entry in it:
                 rel = prefix + entry.name
                 if entry.is_symlink():
-                    target = Path(entry.path).resolve()
+                    try:
+                        target = Path(entry.path).resolve()
+                    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+                        found[rel] = _Found(-1, escapes=False)
+                        continue
                     inside = target == root or root in target.parents
                     # A dangling link or a linked folder is no file (size -1): missing if listed, else unexpected.
                     size = target.stat().st_size if target.is_file() else -1
@@ -364,13 +382,17 @@ def hash_pending(
 
 
 def check_checkpoint(
-    path: Path, *, hash_contents: bool = True, required: Iterable[str] = REQUIRED_FILES
+    path: Path,
+    *,
+    hash_contents: bool = True,
+    required: Iterable[str] = REQUIRED_FILES,
+    strict_contents: bool = True,
 ) -> QuickCheck:
     """Check a checkpoint against its manifest: presence, sizes and (optionally) sha256 of every file.
 
     Reports every problem found, not only the first.
     """
-    result = scan_checkpoint(path, required=required)
+    result = scan_checkpoint(path, required=required, strict_contents=strict_contents)
     if hash_contents:
         hash_pending([result])
     return result

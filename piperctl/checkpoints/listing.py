@@ -12,6 +12,7 @@ from rich.filesize import decimal
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import QuickCheck, scan_checkpoint
 from piperctl.checkpoints.manager import pick_resumable
+from piperctl.console import safe
 from piperctl.errors import PiperctlError
 
 
@@ -134,13 +135,6 @@ def _loss(value: float | None, at: int | None, step: int) -> str:
     return f"{value:.4g}" if at == step else f"{value:.4g} @{at}"
 
 
-def _printable(text: str) -> str:
-    from rich.markup import escape
-
-    # Names inside a checkpoint are untrusted: no terminal control characters, no Rich markup.
-    return escape("".join(ch if ch.isprintable() else "?" for ch in text))
-
-
 def print_rows(run_dir: Path, rows: list[Row]) -> None:
     """A Rich table of the rows on stdout, newest last, with the resume pick marked, then any problems."""
     from rich import box
@@ -149,10 +143,10 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
     from piperctl.console import err, out
 
     if not rows:
-        err.print(f"no checkpoints yet in {_printable(str(run_dir))}", highlight=False)
+        err.print(f"no checkpoints yet in {safe(str(run_dir))}", highlight=False)
         return
     table = Table(
-        title=f"checkpoints of {_printable(str(run_dir))}",
+        title=f"checkpoints of {safe(str(run_dir))}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -184,7 +178,7 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
     for r in rows:
         if r.problems:
             more = f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else ""
-            out.print(f"{r.path.name} ({r.state}): {_printable(r.problems[0])}{more}", highlight=False)
+            out.print(f"{safe(r.path.name)} ({r.state}): {safe(r.problems[0])}{more}", highlight=False)
     if not any(r.resume for r in rows):
         out.print(
             "[bold red]no intact checkpoint: 'piperctl resume' would refuse this run[/]", highlight=False
@@ -198,7 +192,7 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
     leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(fmt.TMP_PREFIX)]
     if leftovers:
         out.print(
-            f"{len(leftovers)} unfinished save(s) ({_printable(', '.join(sorted(leftovers)))}) "
+            f"{len(leftovers)} unfinished save(s) ({safe(', '.join(sorted(leftovers)))}) "
             "will be removed when the run is resumed",
             highlight=False,
         )

@@ -7,15 +7,20 @@ which old ones go.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from rich.filesize import decimal
 
 from piperctl import __version__
 from piperctl.checkpoints.atomic import fsync_dir, read_json, remove_stale_tmp, write_json
 from piperctl.checkpoints.format import (
     MANIFEST,
+    MODEL_FILES,
     RUN_FILE,
     TMP_PREFIX,
     TRAINING_STATE,
@@ -56,9 +61,14 @@ class CheckpointManager:
 
     def save(self, step: int, write_files: Callable[[Path], None]) -> Path:
         """Publish checkpoint-`step` (filled by `write_files(folder)`), then apply keep-last."""
-        path = publish(checkpoint_dir(self.run_dir, step), write_files, step)
+        self._warn_if_short_of_space()
+        target = checkpoint_dir(self.run_dir, step)
+        try:
+            path = publish(target, write_files, step)
+        except OSError as e:
+            raise save_error(e, target, self.run_dir) from e
         maybe_crash("after-save", step)
-        for old in rotate(self.run_dir, self.keep_last, protect=self.protect):
+        for old in rotate(self.run_dir, self.keep_last, protect=self.protect, step=step):
             log(f"removed old checkpoint {old.name} (--keep-last {self.keep_last})")
         self.protect = None
         self.last = path
@@ -66,21 +76,48 @@ class CheckpointManager:
 
     def save_final(self, step: int, write_files: Callable[[Path], None]) -> None:
         """Publish the final model files into the run folder itself, sealed by their own manifest."""
-        publish(self.run_dir, write_files, step, into_existing=True)
+        try:
+            publish(self.run_dir, write_files, step, into_existing=True)
+        except OSError as e:
+            raise save_error(e, self.run_dir / "final model", self.run_dir) from e
+
+    def _warn_if_short_of_space(self) -> None:
+        """Say before a save, not after it failed, that the disk may not hold another checkpoint."""
+        if self.last is None:
+            return
+        try:
+            need = sum(p.stat().st_size for p in self.last.iterdir() if p.is_file())
+            free = shutil.disk_usage(self.run_dir).free
+        except OSError:
+            return
+        if free < need * 1.2:
+            log(
+                f"warning: {decimal(free)} free on the disk of {self.run_dir}, the last checkpoint took "
+                f"{decimal(need)}: this save may fail (free space, or lower --keep-last)"
+            )
 
     def clean_stale(self) -> list[Path]:
         """Remove what interrupted saves of ours left in the run folder."""
         return remove_stale_tmp(self.run_dir)
 
-    def start_run(self, run_id: str) -> None:
+    def start_run(self, run_id: str, config: dict[str, Any]) -> None:
         """Make the folder a run: write run.json (only once dataset, policy and options are known to work)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_file(self.run_dir, run_id)
+        write_run_file(self.run_dir, run_id, config)
+
+    def final_model_intact(self) -> bool:
+        """True when the run folder holds complete final model files that match their manifest."""
+        return final_model_intact(self.run_dir)
 
 
-def write_run_file(run_dir: Path, run_id: str) -> None:
-    """Write run.json for `run_id` atomically."""
-    write_json(run_dir / RUN_FILE, RunInfo(run_id=run_id, piperctl=__version__).to_json())
+def final_model_intact(run_dir: Path) -> bool:
+    """True when `run_dir` holds complete final model files that match their manifest."""
+    return check_checkpoint(run_dir, required=MODEL_FILES, strict_contents=False).ok
+
+
+def write_run_file(run_dir: Path, run_id: str, config: dict[str, Any] | None = None) -> None:
+    """Write run.json for `run_id` (with the run's options) atomically."""
+    write_json(run_dir / RUN_FILE, RunInfo(run_id=run_id, piperctl=__version__, config=config).to_json())
 
 
 def read_run_file(run_dir: Path) -> RunInfo | None:
@@ -143,7 +180,20 @@ def find_resumable(run_dir: Path) -> tuple[Path, list[tuple[Path, str]]]:
     )
 
 
-def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
+def save_error(e: OSError, target: Path, run_dir: Path) -> PiperctlError:
+    """One line for a save that failed on the filesystem (its temporary folder is already gone)."""
+    what = f"cannot save {target.name} in {run_dir}"
+    resume = f"'piperctl resume {run_dir}' continues from the last checkpoint"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PiperctlError(f"{what}: no space left on the device", hint=f"free some space, then {resume}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PiperctlError(
+            f"{what}: {e.strerror or 'permission denied'}", hint=f"make the folder writable, then {resume}"
+        )
+    return PiperctlError(f"{what}: {e.strerror or e}", hint=f"fix the cause, then {resume}")
+
+
+def rotate(run_dir: Path, keep_last: int, protect: Path | None = None, step: int = 0) -> list[Path]:
     """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect`.
 
     Only checkpoints that passed the quick check count and get deleted: a damaged one is left for the
@@ -160,6 +210,7 @@ def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[P
         # Rename first so that a crash mid-delete cannot leave a half checkpoint under a valid name.
         trash = run_dir / f"{TMP_PREFIX}{p.name}.deleting"
         os.replace(p, trash)
+        maybe_crash("mid-rotate", step)
         shutil.rmtree(trash, ignore_errors=True)
         removed.append(p)
     if removed:

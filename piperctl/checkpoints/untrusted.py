@@ -172,6 +172,9 @@ def is_inside(folder: Path, rel: object) -> bool:
     """True when `rel` is a safe relative name that resolves (links included) inside `folder`."""
     if not is_safe_relpath(rel):
         return False
-    root = folder.resolve()
-    target = (folder / str(rel)).resolve()
+    try:
+        root = folder.resolve()
+        target = (folder / str(rel)).resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        return False
     return target == root or root in target.parents

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.deep_checks import DEEP_CHECKS, MODEL
 from piperctl.checkpoints.integrity import QuickCheck, hash_pending, scan_checkpoint
+from piperctl.console import safe
 from piperctl.errors import PiperctlError
 
 # The checks of a report, in the order they run; names and values are part of the --json contract.
@@ -85,8 +87,10 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
         if fmt.step_of(path) is not None or (path / fmt.TRAINING_STATE).exists():
             targets.append(Target(path, "checkpoint"))
             continue
-        found = [Target(p, "checkpoint") for p in fmt.list_checkpoints(path)]
-        if (path / fmt.MANIFEST).is_file():
+        checkpoints = fmt.list_checkpoints(path)
+        found = [Target(p, "checkpoint") for p in checkpoints]
+        if (path / fmt.MANIFEST).is_file() or (checkpoints and _finished(checkpoints[-1])):
+            # A finished run must hold its final model: a missing one is a failure, not a skip.
             found.append(Target(path, "model"))
         if not found:
             raise PiperctlError(
@@ -100,10 +104,27 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
     return list(unique.values())
 
 
+def _finished(checkpoint: Path) -> bool:
+    """True when a checkpoint's training state says it is the run's last step (read without trusting it)."""
+    try:
+        state = json.loads((checkpoint / fmt.TRAINING_STATE).read_text(encoding="utf-8"))
+        return int(state["step"]) >= int(state["config"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _scan(target: Target) -> QuickCheck:
-    if target.kind == "model":
-        return scan_checkpoint(target.path, required=fmt.MODEL_FILES, strict_contents=False)
-    return scan_checkpoint(target.path)
+    if target.kind != "model":
+        return scan_checkpoint(target.path)
+    result = scan_checkpoint(target.path, required=fmt.MODEL_FILES, strict_contents=False)
+    if result.state == "incomplete":
+        result.add(
+            "layout",
+            "final-model-missing",
+            "the run reached its last step but its final model is missing or incomplete "
+            f"(interrupted while saving it): 'piperctl resume {target.path}' writes it",
+        )
+    return result
 
 
 def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool = False) -> list[Report]:
@@ -166,13 +187,6 @@ def _size(path: Path) -> int:
         return 0  # vanished since the scan: hashing reports it as unreadable
 
 
-def _clean(text: str) -> str:
-    """Printable text only: names inside a checkpoint are untrusted and must not drive the terminal."""
-    from rich.markup import escape
-
-    return escape("".join(ch if ch.isprintable() else "?" for ch in text))
-
-
 def print_reports(reports: list[Report], quick: bool) -> None:
     """A Rich table on stdout: checkpoint, verdict, problems; then a one-line summary."""
     from rich.table import Table
@@ -188,7 +202,7 @@ def print_reports(reports: list[Report], quick: bool) -> None:
         name = str(r.target.path) + (" (final model)" if r.target.kind == "model" else "")
         verdict = "[green]pass[/]" if r.passed else f"[bold red]fail[/] ({r.result.state})"
         problems = "\n".join(f"[{i.code}] {i.message}" for i in r.result.issues) or "-"
-        table.add_row(_clean(name), "" if r.step is None else str(r.step), verdict, _clean(problems))
+        table.add_row(safe(name), "" if r.step is None else str(r.step), verdict, safe(problems))
     out.print(table)
     failed = sum(not r.passed for r in reports)
     what = (

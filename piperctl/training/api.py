@@ -7,9 +7,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from piperctl.checkpoints.format import RUN_FILE, TMP_PREFIX, TRAINING_STATE, TrainingState, list_checkpoints
+from piperctl.checkpoints.format import (
+    LOCK_FILE,
+    RUN_FILE,
+    TMP_PREFIX,
+    TRAINING_STATE,
+    TrainingState,
+    list_checkpoints,
+    looks_like_checkpoint,
+)
 from piperctl.checkpoints.integrity import check_checkpoint
+from piperctl.checkpoints.lock import RunLock
 from piperctl.checkpoints.manager import (
+    final_model_intact,
     read_run_file,
     read_training_state,
     resolve_checkpoint,
@@ -35,13 +45,24 @@ def train(
     """
     if resume_from_checkpoint is not None:
         return resume(resume_from_checkpoint, output_dir=output_dir, dataset_id=dataset_id, **options)
+    lock = RunLock()
     with distributed.errors_once():
         cfg = TrainConfig.from_options(output_dir, dataset_id, options)
         dist = distributed.init(lambda: resolve_device(cfg.device))
         run_dir = Path(cfg.output_dir)
-        dist.all_or_none(lambda: _refuse_existing_run(run_dir), main_only=True)
-        run_id = dist.broadcast(uuid.uuid4().hex)
-        return Trainer(cfg, run_dir, run_id, dist).run(start=None)
+
+        def claim() -> None:
+            _refuse_file(run_dir)
+            lock.acquire(run_dir)
+            _refuse_existing_run(run_dir)
+
+        try:
+            # The writing rank holds the run's lock for as long as it runs.
+            dist.all_or_none(claim, main_only=True)
+            run_id = dist.broadcast(uuid.uuid4().hex)
+            return Trainer(cfg, run_dir, run_id, dist).run(start=None)
+        finally:
+            lock.release()
 
 
 def resume(
@@ -52,26 +73,40 @@ def resume(
     Under a launcher, with any number of processes: the same number continues bit-exactly, another
     number continues from the same sample and says what changed (docs/distributed.md).
     """
+    lock = RunLock()
     with distributed.errors_once():
         dist = distributed.init(lambda: resolve_device(changes.get("device") or _saved_device(path)))
-        # Rank 0 checks the checkpoint (hashing it once, not once per rank) and hands the verdict round.
-        cfg, folder, state = dist.all_or_none(
-            lambda: _prepare_resume(path, output_dir, dataset_id, changes), main_only=True
-        )
-        return Trainer(cfg, folder.parent, state.run_id, dist).run(start=(folder, state))
+        try:
+            # Rank 0 takes the run's lock, checks the checkpoint (hashing it once, not once per rank)
+            # and hands the verdict round.
+            cfg, folder, state, run_id = dist.all_or_none(
+                lambda: _prepare_resume(path, output_dir, dataset_id, changes, lock), main_only=True
+            )
+            if folder is None:
+                return Trainer(cfg, Path(cfg.output_dir), run_id, dist).run(start=None)
+            return Trainer(cfg, folder.parent, run_id, dist).run(start=(folder, state))
+        finally:
+            lock.release()
+
+
+def _refuse_file(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PiperctlError(f"--output-dir {run_dir} is a file", hint="choose a folder for the run")
 
 
 def _refuse_existing_run(run_dir: Path) -> None:
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise PiperctlError(f"--output-dir {run_dir} is a file", hint="choose a folder for the run")
-    if (run_dir / RUN_FILE).exists() or list_checkpoints(run_dir):
+    """A new run goes into a new or empty folder (ours, the lock and leftovers of our saves, do not count)."""
+    if list_checkpoints(run_dir):
         raise PiperctlError(
             f"{run_dir} already holds a training run",
             hint=f"continue it with 'piperctl resume {run_dir}', or choose a new --output-dir",
         )
-    if any(p for p in run_dir.iterdir() if not p.name.startswith(TMP_PREFIX)):
+    if (run_dir / RUN_FILE).exists():
+        raise PiperctlError(
+            f"{run_dir} holds a run that stopped before its first checkpoint",
+            hint=f"start it again from step 0 with its own options: 'piperctl resume {run_dir}', or choose a new --output-dir",
+        )
+    if any(p for p in run_dir.iterdir() if not p.name.startswith(TMP_PREFIX) and p.name != LOCK_FILE):
         raise PiperctlError(f"--output-dir {run_dir} is not empty", hint="choose a new or empty folder")
 
 
@@ -115,11 +150,30 @@ def _merge_changes(saved: dict[str, Any], changes: dict[str, Any]) -> dict[str, 
 
 
 def _prepare_resume(
-    path: str | Path, output_dir: str | Path | None, dataset_id: str | None, changes: dict[str, Any]
-) -> tuple[TrainConfig, Path, TrainingState]:
-    """Check the checkpoint and the requested changes; the config to continue with, the folder, its state."""
+    path: str | Path,
+    output_dir: str | Path | None,
+    dataset_id: str | None,
+    changes: dict[str, Any],
+    lock: RunLock,
+) -> tuple[TrainConfig, Path | None, TrainingState | None, str]:
+    """Lock the run, check the checkpoint and the requested changes: (config, folder, state, run id).
+
+    A run folder without any checkpoint (stopped before its first save) starts again from step 0
+    with the options in its run.json: folder and state are then None.
+    """
     changes = dict(changes)
+    allow_change = bool(changes.pop("allow_dataset_change", False))
+    restart = _restart_before_first_save(Path(path), lock, changes)
+    if restart is not None:
+        return restart
     folder, skipped = resolve_checkpoint(path)
+    run_dir = folder.parent
+    if output_dir is not None and Path(output_dir).resolve() != run_dir.resolve():
+        raise PiperctlError(
+            f"checkpoint {folder} belongs to the run in {run_dir}, not {output_dir}",
+            hint=f"resume into its own folder: 'piperctl resume {folder}'",
+        )
+    lock.acquire(run_dir)
     for p, why in skipped:
         log(f"skipping {p.name}: {why}")
     check = check_checkpoint(folder)
@@ -131,22 +185,15 @@ def _prepare_resume(
     state = read_training_state(folder)
     if skipped or Path(path) != folder:
         log(f"resuming from {folder} (newest intact checkpoint, step {state.step})")
-    allow_change = bool(changes.pop("allow_dataset_change", False))
     saved = _merge_changes(state.config, changes)
     if dataset_id is not None and dataset_id != saved["dataset_id"] and saved.get("dataset_root") is None:
         raise PiperctlError(
             f"the checkpoint was trained on {saved['dataset_id']}, not {dataset_id}",
             hint="use --allow-dataset-change with the same dataset layout",
         )
-    run_dir = folder.parent
-    if output_dir is not None and Path(output_dir).resolve() != run_dir.resolve():
-        raise PiperctlError(
-            f"checkpoint {folder} belongs to the run in {run_dir}, not {output_dir}",
-            hint=f"resume into its own folder: 'piperctl resume {folder}'",
-        )
     run = read_run_file(run_dir)
     if run is None:
-        write_run_file(run_dir, state.run_id)
+        write_run_file(run_dir, state.run_id, state.config)
     elif run.run_id != state.run_id:
         raise PiperctlError(
             f"{run_dir} holds another run than checkpoint {folder.name} (run ids differ)",
@@ -155,9 +202,39 @@ def _prepare_resume(
     saved["allow_dataset_change"] = allow_change
     saved.pop("output_dir", None)
     cfg = TrainConfig.from_options(run_dir, saved.pop("dataset_id"), saved)
-    if cfg.steps <= state.step:
+    if cfg.steps < state.step or (cfg.steps == state.step and final_model_intact(run_dir)):
         raise PiperctlError(
             f"the checkpoint is at step {state.step} and the run ends at step {cfg.steps}",
             hint="pass --steps N with N larger than the checkpoint's step to extend the run",
         )
-    return cfg, folder, state
+    if cfg.steps == state.step:
+        log(
+            f"the run reached its last step ({state.step}) but its final model is missing or incomplete "
+            f"(interrupted while saving it): writing it from {folder.name}"
+        )
+    return cfg, folder, state, state.run_id
+
+
+def _restart_before_first_save(
+    run_dir: Path, lock: RunLock, changes: dict[str, Any]
+) -> tuple[TrainConfig, None, None, str] | None:
+    """For a run folder that holds no checkpoint-N folder at all: the run to start again, or None."""
+    if not run_dir.is_dir() or looks_like_checkpoint(run_dir) or list_checkpoints(run_dir):
+        return None
+    run = read_run_file(run_dir)
+    if run is None:
+        return None  # not a run folder: resolve_checkpoint says so
+    lock.acquire(run_dir)
+    if list_checkpoints(run_dir):
+        return None  # a checkpoint appeared before we held the lock: resume it instead
+    if run.config is None:
+        raise PiperctlError(
+            f"{run_dir} holds no checkpoint (the run stopped before its first save) and its run.json "
+            "does not record the run's options",
+            hint="start a new run with 'piperctl train' in a new --output-dir",
+        )
+    saved = _merge_changes(run.config, changes)
+    saved.pop("output_dir", None)
+    cfg = TrainConfig.from_options(run_dir, saved.pop("dataset_id"), saved)
+    log(f"{run_dir} has no checkpoint yet (the run stopped before its first save): starting it again from step 0")
+    return cfg, None, None, run.run_id

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from piperctl.errors import PiperctlError
+from piperctl.errors import PiperctlError, from_os_error
 from piperctl.training.rng import derive_seed
 
 
@@ -44,12 +44,36 @@ def open_metadata(dataset_id: str, root: str | Path | None):
         ) from e
 
 
+def check_data_files(root: Path) -> None:
+    """Refuse, naming the file, a data parquet file that is truncated, unreadable or holds no rows.
+
+    Reads only each file's footer. Without this, lerobot's loader fails with "An error occurred
+    while generating the dataset" and names no file.
+    """
+    for path in sorted((root / "data").rglob("*.parquet")):
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except OSError as e:
+            raise from_os_error(e) from e
+        except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid and friends for a damaged file
+            raise PiperctlError(
+                f"{path} is not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                hint="the dataset is damaged (an interrupted copy or download?): copy or download it again",
+            ) from e
+        if rows == 0:
+            raise PiperctlError(
+                f"{path} holds no rows", hint="the dataset is damaged: copy or download it again, or re-record it"
+            )
+
+
 def open_dataset(dataset_id: str, root: str | Path | None, delta_timestamps: dict | None):
     """A LeRobotDataset over all episodes (training and validation are chosen by samplers)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from piperctl.quiet import video_backend
 
+    if root is not None:
+        check_data_files(Path(root))
     try:
         return LeRobotDataset(
             dataset_id, root=root, delta_timestamps=delta_timestamps, video_backend=video_backend()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from piperctl import console
-from piperctl.errors import PiperctlError
+from piperctl.errors import PiperctlError, from_os_error
 
 if TYPE_CHECKING:
     import torch
@@ -154,6 +154,9 @@ class Dist:
         if self.is_main or not main_only:
             try:
                 result = fn()
+            except OSError as e:  # the user's to fix (permissions, disk full): one line on every rank
+                error = from_os_error(e)
+                error.__cause__ = e
             except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
                 error = e
         report = None
@@ -310,10 +313,9 @@ def launch_local(num_processes: int, argv: list[str], resume_hint: str | None = 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     first: tuple[int, int, float] | None = None  # (rank, exit code, when) of the first failure
     try:
-        while any(p.poll() is None for p in procs):
-            for rank, p in enumerate(procs):
-                if first is None and p.returncode not in (None, 0):
-                    first = (rank, p.returncode, time.monotonic())
+        while [p.poll() for p in procs].count(None):
+            if first is None:
+                first = _first_failure(procs, time.monotonic())
             if first is not None:
                 # A worker killed by a signal leaves the others stuck in a collective: stop them soon.
                 # After an error every rank agreed on, they are exiting anyway.
@@ -327,7 +329,7 @@ def launch_local(num_processes: int, argv: list[str], resume_hint: str | None = 
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if first is None:
-        first = next(((r, p.returncode, 0.0) for r, p in enumerate(procs) if p.returncode), None)
+        first = _first_failure(procs, 0.0)
     if first is None:
         return 0
     rank, code, _ = first
@@ -339,6 +341,16 @@ def launch_local(num_processes: int, argv: list[str], resume_hint: str | None = 
         console.fail_line(f"process {rank} of {num_processes} was killed by {name}; stopped the others{hint}")
         return 128 - code
     return code
+
+
+def _first_failure(procs: list[subprocess.Popen], now: float) -> tuple[int, int, float] | None:
+    """(rank, exit code, now) of the failed worker to report, or None while none has failed.
+
+    A rank killed by a signal is the cause; the others then fail for lost contact with it.
+    """
+    failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
+    failed.sort(key=lambda f: (f[1] >= 0, f[0]))
+    return (*failed[0], now) if failed else None
 
 
 def relaunch_args(ctx: Any, drop: tuple[str, ...] = ("num_processes",)) -> list[str]:

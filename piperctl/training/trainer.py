@@ -390,6 +390,10 @@ class Trainer:
 
         save_model_files(folder, self.policy, self.preprocessor, self.postprocessor)
 
+    def _write_final_model(self, folder: Path) -> None:
+        self._write_model(folder)
+        maybe_crash("mid-final-save", self.step)
+
     def save_checkpoint(self) -> Path:
         """Write checkpoint-<step> (rank 0, with every rank's RNG states); the manager publishes and rotates."""
         step, state = self.step, self.training_state()
@@ -399,6 +403,7 @@ class Trainer:
         def write(folder: Path) -> None:
             self._write_model(folder)
             maybe_crash("mid-save", step)
+            maybe_crash("disk-full", step)
             torch.save(self.optimizer.state_dict(), folder / OPTIMIZER_STATE)
             rng.save_rng_states(folder, rng_states)
             (folder / TRAINING_STATE).write_text(state.to_text(), encoding="utf-8")
@@ -409,7 +414,7 @@ class Trainer:
         return path
 
     def _finish(self) -> None:
-        self.ckpts.save_final(self.step, self._write_model)
+        self.ckpts.save_final(self.step, self._write_final_model)
         plot_loss_curve(self.run_dir / METRICS_FILE, self.run_dir / LOSS_CURVE)
 
     # -- the loop --------------------------------------------------------------------------------
@@ -436,6 +441,7 @@ class Trainer:
         self.samples_seen += self.sampler.global_count(len(batch["index"]))
         maybe_crash("sigterm", self.step)
         maybe_crash("sigint", self.step)
+        maybe_crash("kill", self.step)
         loss_value = self.dist.mean(float(loss.detach()))
         if not math.isfinite(loss_value):
             raise PiperctlError(
@@ -467,7 +473,8 @@ class Trainer:
         # DDP wraps the model only once every rank has built it: its constructor is a collective.
         self.model, self.optimizer = dist.prepare(self.policy, self.optimizer)
         if start is None:
-            dist.all_or_none(lambda: self.ckpts.start_run(self.run_id), main_only=True)
+            dist.all_or_none(lambda: self.ckpts.start_run(self.run_id, self.cfg.to_json()), main_only=True)
+            maybe_crash("after-start", 0)
         metrics = (
             MetricsLog(self.run_dir / METRICS_FILE, truncate_after=self.step) if dist.is_main else NoMetrics()
         )
