@@ -15,14 +15,38 @@ NAMES = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6", "grip
 TASKS = ["pick the cube", "place the cube"]
 
 
-def frames(lengths: tuple[int, ...] = (40, 50, 45, 60), seed: int = 0) -> pl.DataFrame:
-    """Clean frames: smooth random walks of state and action, so no value repeats anywhere."""
+# The PiPER's joint limits in radians and its gripper range in metres (piperctl.leakage.robots).
+LOW = np.array([-2.6179, 0.0, -2.967, -1.745, -1.22, -2.09439, 0.0])
+HIGH = np.array([2.6179, 3.14, 0.0, 1.745, 1.22, 2.09439, 0.07])
+HOME = (LOW + HIGH) / 2  # the rest pose of `frames(rest=...)`: every episode starts and ends there
+
+
+def frames(lengths: tuple[int, ...] = (40, 50, 45, 60), seed: int = 0, rest: int = 0) -> pl.DataFrame:
+    """Clean frames: smooth random walks of state and action inside the PiPER's limits (radians, metres),
+    so no value repeats anywhere.
+
+    With `rest`, each episode starts and ends holding the same home pose for `rest` frames (state and
+    action identical, as a real arm at rest reads), and moves smoothly away from and back to it.
+    """
     rng = np.random.default_rng(seed)
+    half = (HIGH - LOW) / 2
     parts = []
     start = 0
     for ep, n in enumerate(lengths):
-        state = np.cumsum(rng.normal(0, 0.01, (n, DIM)), axis=0) + rng.normal(0, 1, DIM)
-        action = state + rng.normal(0, 0.005, (n, DIM))
+        if rest:
+            moving = n - 2 * rest
+            walk = np.cumsum(rng.normal(0, 0.01, (moving + 1, DIM)) * half / 1.5, axis=0)
+            # A bridge: leave home and come back to it without a jump.
+            walk -= np.outer(np.linspace(0, 1, moving + 1), walk[-1])
+            path = HOME + walk[1:]
+            state = np.concatenate([np.tile(HOME, (rest, 1)), path, np.tile(HOME, (rest, 1))])
+            action = state + np.concatenate(
+                [np.zeros((rest, DIM)), rng.normal(0, 0.002, (moving, DIM)) * half, np.zeros((rest, DIM))]
+            )
+        else:
+            state = np.cumsum(rng.normal(0, 0.01, (n, DIM)) * half / 1.5, axis=0)
+            state += LOW + half * (1 + rng.uniform(-0.5, 0.5, DIM))
+            action = state + rng.normal(0, 0.005, (n, DIM)) * half / 1.5
         fi = np.arange(n)
         parts.append(
             pl.DataFrame(

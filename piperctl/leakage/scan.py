@@ -14,14 +14,18 @@ from piperctl.leakage.layout import STRUCT_COLUMNS, DataFile, Layout, one_line
 
 BATCH_ROWS = 1_000_000  # rows per query: big enough to amortise planning, small enough to show progress
 MATERIALIZE_FILES = 4  # batches of more files are read into memory before querying
-FROZEN_FEATURES = ("observation.state", "action")
 _FROZEN_SCHEMA = {
     "episode_index": pl.Int64,
     "feature": pl.String,
     "start_frame": pl.Int64,
     "length": pl.UInt32,
 }
-_CLASSES_SCHEMA = {"cls": pl.UInt32, "episode_index": pl.Int64, "frame_index": pl.Int64}
+_CLASSES_SCHEMA = {
+    "cls": pl.UInt32,
+    "episode_index": pl.Int64,
+    "frame_index": pl.Int64,
+    "rest": pl.Boolean,  # the class is a rest pose: held for rest_frames consecutive frames somewhere
+}
 
 ep, fi, idx = pl.col("episode_index"), pl.col("frame_index"), pl.col("index")
 # A run boundary: the episode changes, or a new file starts (an episode never continues across files).
@@ -114,13 +118,12 @@ def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[p
         _new=_new_run
     )
     rows = rows.with_columns(
-        **{k: v.fill_null(False) for k, v in flags.items()}, _dev=pl.when(cont).then(dev)
+        **{k: v.fill_null(False) for k, v in flags.items()},
+        _dev=pl.when(cont).then(dev),
+        _dts=pl.when(cont).then(dts),
     )
-    at = {
-        "fi_start_at": pl.col("fi_start"),
-        "fi_first_bad": pl.col("fi_repeat") | pl.col("fi_back") | pl.col("fi_skip"),
-        "ts_first_bad": pl.col("ts_nonmono") | pl.col("ts_gap") | pl.col("ts_jitter"),
-    }
+    # The first frame of each kind of fault, so that an example names a frame of that kind.
+    at = {f"{k}_at": pl.col(k) for k in flags}
     rows = rows.with_columns(**{k: pl.when(v).then(fi) for k, v in at.items()})
     # Grouping by episode alone is cheap; the per-file view only needs the rare rows that start a
     # run or carry a fault, so those are grouped by (episode, file) separately.
@@ -135,6 +138,9 @@ def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[p
         idx_null=idx.null_count(),
         ts_null=pl.col("timestamp").null_count(),
         ts_max_dev=pl.col("_dev").max(),
+        ts_steps=pl.col("_dts").count(),
+        ts_step_sum=pl.col("_dts").sum(),
+        ts_step_sq=(pl.col("_dts") * pl.col("_dts")).sum(),
     )
     events = (
         rows.filter(pl.any_horizontal("_new", *flags))
@@ -175,31 +181,58 @@ def _row_sum(col: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).cast(pl.Float64)
 
 
+def is_float_vector(dtype: pl.DataType) -> bool:
+    """True for an Array or List of floats: a joint vector, a pose, an environment state."""
+    return isinstance(dtype, pl.Array | pl.List) and dtype.inner.is_float()  # type: ignore[union-attr]
+
+
 def content_queries(
     lf: pl.LazyFrame,
     schema: pl.Schema,
     features: list[str],
     frozen_frames: int,
     widths: dict[str, int] | None = None,
+    vectors: list[str] | None = None,
+    lag_pairs: list[tuple[str, int, str, int]] | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
-    """Three queries over one batch: frame hashes, per-episode value stats, and frozen runs."""
+    """Three queries over one batch: frame hashes, per-episode value and motion stats, and frozen runs.
+
+    `vectors` are the float vector features whose per-dimension steps are summarised (largest step,
+    for spikes); `lag_pairs` (action feature, dim, state feature, dim) get the sums that estimate how
+    far the action lags the state.
+    """
+    widths = widths or {}
+    vectors = vectors or []
     base = lf.with_columns(_new=_new_run)
     frames = base.select(
         _h=pl.struct(features).hash(seed=0x51EE),
         _row=pl.col("_row").cast(pl.UInt64),
     )
+    cont = ~pl.col("_new")
+    # Row t has a successor in the same run: state(t+1) may be compared with action(t).
+    cont_next = (~pl.col("_new").shift(-1)).fill_null(False)
     aggs: list[pl.Expr] = []
     for c in features:
-        dims = _dims(c, schema[c], (widths or {}).get(c, 1))
+        dims = _dims(c, schema[c], widths.get(c, 1))
         if _is_float(schema[c]):
             aggs.append((~_row_sum(c, schema[c]).is_finite()).sum().alias(f"nonfinite|{c}"))
             if not c.startswith("next."):
                 aggs += [d.min().alias(f"min|{c}|{i}") for i, d in enumerate(dims)]
                 aggs += [d.max().alias(f"max|{c}|{i}") for i, d in enumerate(dims)]
+        if c in vectors:
+            aggs += [
+                pl.when(cont).then((d - d.shift(1)).abs()).max().alias(f"dmax|{c}|{i}")
+                for i, d in enumerate(dims)
+            ]
         aggs.append(pl.col(c).null_count().alias(f"null|{c}"))
+    for k, (a, ai, s, si) in enumerate(lag_pairs or []):
+        act = _dims(a, schema[a], widths.get(a, 1))[ai]
+        nxt = _dims(s, schema[s], widths.get(s, 1))[si]
+        aggs.append(pl.when(cont_next).then((act - nxt.shift(-1)).abs()).sum().alias(f"lagsum|{k}"))
+        aggs.append(pl.when(cont_next).then((nxt.shift(-1) - nxt).abs()).sum().alias(f"vsum|{k}"))
     stats = base.group_by("episode_index").agg(*aggs, rows=pl.len())
     runs = []
-    for c in (f for f in FROZEN_FEATURES if f in features):
+    for c in vectors:
         same = (pl.col(c) == pl.col(c).shift(1)) & ~pl.col("_new")
         # A run of L identical values has L-1 "same as previous" rows; only those need grouping.
         runs.append(
@@ -215,18 +248,7 @@ def content_queries(
             .filter(pl.col("length") >= frozen_frames)
             .select("episode_index", pl.lit(c).alias("feature"), "start_frame", "length")
         )
-    frozen = (
-        pl.concat(runs)
-        if runs
-        else pl.LazyFrame(
-            schema={
-                "episode_index": pl.Int64,
-                "feature": pl.String,
-                "start_frame": pl.Int64,
-                "length": pl.UInt32,
-            }
-        )
-    )
+    frozen = pl.concat(runs) if runs else pl.LazyFrame(schema=_FROZEN_SCHEMA)
     return frames, stats, frozen
 
 
@@ -241,6 +263,7 @@ class ScanResult:
     classes: pl.DataFrame | None = None  # (cls, episode_index, frame_index): frames that occur more than once
     candidate_rows: int = 0
     features: list[str] = field(default_factory=list)
+    vectors: list[str] = field(default_factory=list)  # float vector features (kinematic checks)
 
 
 def _rel_files(df: pl.DataFrame, files: list[DataFile]) -> pl.DataFrame:
@@ -257,6 +280,8 @@ def scan_dataset(
     features: list[str],
     tolerance_s: float,
     frozen_frames: int,
+    rest_frames: int = 2,
+    lag_pairs: list[tuple[str, int, str, int]] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> ScanResult:
     """Scan every data file once; `progress(rows)` is called after each batch."""
@@ -276,7 +301,8 @@ def scan_dataset(
         queries = list(structure_query(lf, layout.fps, tolerance_s))
         if content:
             widths = {c: len(layout.dim_names.get(c, [])) for c in features}
-            queries += list(content_queries(lf, schema, features, frozen_frames, widths))
+            vectors = [c for c in features if is_float_vector(schema[c]) and not c.startswith("next.")]
+            queries += list(content_queries(lf, schema, features, frozen_frames, widths, vectors, lag_pairs))
         results = _collect(batch, queries, columns)
         bulk_parts.append(results[0])
         event_parts.append(results[1])
@@ -305,7 +331,10 @@ def scan_dataset(
     result.frozen = pl.concat(frozen_parts, how="vertical_relaxed").sort(
         "episode_index", "feature", "start_frame"
     )
-    result.classes, result.candidate_rows = _exact_classes(all_batches, frame_parts, features, columns)
+    result.classes, result.candidate_rows = _exact_classes(
+        all_batches, frame_parts, features, columns, rest_frames
+    )
+    result.vectors = [c for c in features if is_float_vector(schema[c]) and not c.startswith("next.")]
     return result
 
 
@@ -325,7 +354,11 @@ def _merge_stats(stats: pl.DataFrame) -> pl.DataFrame:
 
 
 def _exact_classes(
-    all_batches: list[Batch], frame_parts: list[pl.DataFrame], features: list[str], columns: list[str]
+    all_batches: list[Batch],
+    frame_parts: list[pl.DataFrame],
+    features: list[str],
+    columns: list[str],
+    rest_frames: int = 2,
 ) -> tuple[pl.DataFrame, int]:
     """Frames whose content occurs more than once, grouped into classes of exactly equal content.
 
@@ -361,4 +394,24 @@ def _exact_classes(
         .select("cls", "episode_index", "frame_index")
         .explode("episode_index", "frame_index")
     )
-    return classes, candidates.height
+    return mark_rest_poses(classes, rest_frames), candidates.height
+
+
+def mark_rest_poses(classes: pl.DataFrame, rest_frames: int) -> pl.DataFrame:
+    """Add `rest`: the class's content was held for `rest_frames`+ consecutive frames of one episode.
+
+    A held pose is the arm resting (identical readings while still); every occurrence of that pose,
+    in any episode, is a rest frame. Moving frames never repeat consecutively, so they stay compared.
+    """
+    e, f, c = pl.col("episode_index"), pl.col("frame_index"), pl.col("cls")
+    held = (
+        classes.sort("episode_index", "frame_index")
+        .with_columns(_new=((e != e.shift(1)) | (f != f.shift(1) + 1) | (c != c.shift(1))).fill_null(True))
+        .with_columns(_run=pl.col("_new").cum_sum())
+        .group_by("_run")
+        .agg(cls=c.first(), n=pl.len())
+        .filter(pl.col("n") >= rest_frames)
+        .select("cls")
+        .unique()
+    )
+    return classes.with_columns(rest=c.is_in(held["cls"].implode()))
