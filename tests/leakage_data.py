@@ -186,3 +186,29 @@ def write(
         tasks = [json.dumps({"task_index": i, "task": t}) for i, t in enumerate(TASKS)]
         (root / "meta" / "tasks.jsonl").write_text("\n".join(tasks) + "\n")
     return root
+
+
+def with_video_feature(root: Path, key: str = "observation.images.front") -> None:
+    """Declare a video feature (v2.1 path template) in meta/info.json of the dataset at `root`."""
+    p = root / "meta" / "info.json"
+    info = json.loads(p.read_text())
+    info["features"][key] = {"dtype": "video", "shape": [16, 16, 3], "names": ["height", "width", "channels"]}
+    info["video_path"] = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+    p.write_text(json.dumps(info, indent=2))
+
+
+def write_video(path: Path, frames_count: int, fps: int = FPS) -> Path:
+    """A tiny MPEG-4 video of `frames_count` 16x16 frames (PyAV), as one camera of one episode."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(frames_count):
+            img = np.full((16, 16, 3), (i * 7) % 255, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -136,11 +136,12 @@ def _decide(per_episode: dict[int, set[str]]) -> tuple[str | None, list[str]]:
         if len(units) == 1:
             counts[next(iter(units))] += 1
     if counts:
-        return counts.most_common(1)[0][0], sorted(counts)
+        return counts.most_common(1)[0][0], sorted(counts, key=(*JOINT_UNITS, *GRIPPER_UNITS).index)
     # Only ambiguous evidence: keep what every episode allows.
     sets = [u for u in per_episode.values() if u]
     common = set.intersection(*sets) if sets else set()
-    return (next(iter(common)) if len(common) == 1 else None), sorted(common)
+    order = (*JOINT_UNITS, *GRIPPER_UNITS)
+    return (next(iter(common)) if len(common) == 1 else None), sorted(common, key=order.index)
 
 
 def piper_profile(
