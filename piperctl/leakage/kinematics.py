@@ -41,41 +41,49 @@ def _dims_of(ctx: Context, feature: str) -> int:
 # -- velocity spikes --------------------------------------------------------------------------
 
 
+def _robust_scales(ctx: Context, stats: pl.DataFrame, f: str, prefix: str) -> dict[int, float]:
+    """Per dimension: the median over moving episodes of the episode's largest value of `prefix`."""
+    own: dict[int, float] = {}
+    for i in range(_dims_of(ctx, f)):
+        col = f"{prefix}|{f}|{i}"
+        if col in stats.columns:
+            moving = stats.filter(pl.col(col) > 0)
+            if moving.height >= MIN_EPISODES:
+                own[i] = float(moving[col].median())  # type: ignore[arg-type]
+    if not own:
+        return {}
+    # A joint that barely moves (sensor noise) borrows a floor from the feature's moving joints.
+    floor = FLOOR_SHARE * float(np.median(list(own.values())))
+    return {i: max(v, floor) for i, v in own.items()}
+
+
 def check_velocity_spikes(ctx: Context) -> CheckResult:
-    """One-frame jumps: a step far above the joint's robust step scale (median of episode maxima)."""
+    """One-frame jumps: a step, or a change of step, far above the joint's robust scale in this dataset.
+
+    The scales are the medians over episodes of each episode's largest step (velocity) and largest
+    change of step (acceleration), so fast but smooth motion is not a spike, and a jump that comes
+    back the next frame stands out by its acceleration even when the arm moves fast.
+    """
     t = ctx.thresholds
     res = CheckResult("velocity_spikes", "Velocity spikes / one-frame jumps")
     stats = ctx.stats.filter(pl.col("rows") >= 3)
-    flagged: list[tuple[str, int, float, list[int]]] = []
-    scales: dict[str, float] = {}
+    flagged: list[tuple[str, int, float, float, list[int]]] = []
+    scales: dict[str, dict[str, float]] = {}
     for f in ctx.vectors:
-        own: dict[int, float] = {}
-        for i in range(_dims_of(ctx, f)):
-            col = f"dmax|{f}|{i}"
-            if col in stats.columns:
-                moving = stats.filter(pl.col(col) > 0)
-                if moving.height >= MIN_EPISODES:
-                    own[i] = float(moving[col].median())  # type: ignore[arg-type]
-        if not own:
-            continue
-        # A joint that barely moves (sensor noise) borrows a floor from the feature's moving joints.
-        floor = FLOOR_SHARE * float(np.median(list(own.values())))
-        for i, median in own.items():
-            col = f"dmax|{f}|{i}"
-            moving = stats.filter(pl.col(col) > 0)
-            scale = max(median, floor)
-            scales[_label(ctx, f, i)] = scale
-            limit = t.spike_factor * scale
-            hit = moving.filter(pl.col(col) > limit)["episode_index"].to_list()
-            if hit:
-                flagged.append((f, i, limit, sorted(hit)))
+        vel = _robust_scales(ctx, stats, f, "dmax")
+        acc = _robust_scales(ctx, stats, f, "amax")
+        for i in sorted(set(vel) & set(acc)):
+            scales[_label(ctx, f, i)] = {"step": vel[i], "change_of_step": acc[i]}
+            lim_v, lim_a = t.spike_factor * vel[i], t.spike_factor * acc[i]
+            hit = stats.filter((pl.col(f"dmax|{f}|{i}") > lim_v) | (pl.col(f"amax|{f}|{i}") > lim_a))
+            if hit.height:
+                flagged.append((f, i, lim_v, lim_a, sorted(hit["episode_index"].to_list())))
     located = _locate_spikes(ctx, flagged)
-    for f, i, limit, ids in flagged:
+    for f, i, lim_v, lim_a, ids in flagged:
         details = [located.get((f, i, e), {"episode": e}) for e in ids]
         first = next((d for d in details if "frame" in d), None)
         where = (
-            f" (episode {first['episode']} at frame {first['frame']}: step {first['step']:.4g}, "
-            f"{first['step'] / (limit / t.spike_factor):.0f}x the typical largest step)"
+            f" (episode {first['episode']} at frame {first['frame']}: step {first['step']:.4g})"
             if first
             else ""
         )
@@ -84,21 +92,27 @@ def check_velocity_spikes(ctx: Context) -> CheckResult:
                 "spike",
                 "warn",
                 ids,
-                f"{_label(ctx, f, i)} jumps more than {t.spike_factor:g}x its typical largest step in "
-                f"{plural(len(ids), 'episode')}: {ids_text(ids)}{where}",
-                {"feature": f, "dimension": i, "limit": limit, "details": details[:1000]},
+                f"{_label(ctx, f, i)} jumps (step or change of step over {t.spike_factor:g}x its typical "
+                f"largest) in {plural(len(ids), 'episode')}: {ids_text(ids)}{where}",
+                {
+                    "feature": f,
+                    "dimension": i,
+                    "step_limit": lim_v,
+                    "change_limit": lim_a,
+                    "details": details[:1000],
+                },
             )
         )
-    res.extra["step_scales"] = scales
+    res.extra["scales"] = scales
     res.note = (
-        f"no step over {t.spike_factor:g}x the median per-episode largest step, in {len(scales)} dimensions"
+        f"no step or change of step over {t.spike_factor:g}x the typical largest, in {len(scales)} dimensions"
         if scales
         else "skipped: fewer than 3 episodes with motion"
     )
     return res
 
 
-def _locate_spikes(ctx: Context, flagged: list[tuple[str, int, float, list[int]]]) -> dict:
+def _locate_spikes(ctx: Context, flagged: list[tuple[str, int, float, float, list[int]]]) -> dict:
     ids = sorted({e for *_, hit in flagged for e in hit})[:LOCATE_LIMIT]
     if not ids:
         return {}
@@ -106,20 +120,27 @@ def _locate_spikes(ctx: Context, flagged: list[tuple[str, int, float, list[int]]
     out = {}
     for (e,), part in df.group_by("episode_index", maintain_order=True):
         frames = part["frame_index"].to_numpy()
-        for f, i, limit, hit in flagged:
+        for f, i, lim_v, lim_a, hit in flagged:
             if e not in hit:
                 continue
             x = np.asarray(part[f].to_list(), dtype=np.float64)[:, i]
-            step = np.abs(np.diff(x))
-            over = np.nonzero(step > limit)[0]
-            if len(over):
-                k = int(over[0])
-                out[(f, i, e)] = {
-                    "episode": e,
-                    "frame": int(frames[k + 1]),
-                    "step": float(step[k]),
-                    "frames_over": int(len(over)),
-                }
+            step = np.diff(x)
+            change = np.abs(np.diff(step))
+            # The frame whose value jumped: the first step into it over the limit, else the frame
+            # where the step changes most (a spike's change of step peaks at the spike itself).
+            steps_over = np.nonzero(np.abs(step) > lim_v)[0]
+            if len(steps_over):
+                k = int(steps_over[0]) + 1
+            elif len(change) and change.max() > lim_a:
+                k = int(np.argmax(change)) + 1
+            else:
+                continue
+            out[(f, i, e)] = {
+                "episode": e,
+                "frame": int(frames[k]),
+                "step": float(step[k - 1]),
+                "frames_over": int(len(steps_over) + (change > lim_a).sum()),
+            }
     return out
 
 
@@ -322,6 +343,8 @@ def check_units_and_ranges(ctx: Context) -> CheckResult:
         # Dimensions that barely move or sit near 0 borrow a floor from the feature's other dimensions.
         level_floor = FLOOR_SHARE * float(np.median([d["level"].quantile(HIGH_Q) for d in per_dim.values()]))
         span_floor = FLOOR_SHARE * float(np.median([d["span"].quantile(HIGH_Q) for d in per_dim.values()]))
+        ups: dict[int, pl.DataFrame] = {}
+        downs: dict[int, set[int]] = {}
         for i, d in per_dim.items():
             level = max(float(d["level"].quantile(HIGH_Q)), level_floor)  # type: ignore[arg-type]
             span = max(float(d["span"].quantile(HIGH_Q)), span_floor)  # type: ignore[arg-type]
@@ -333,10 +356,31 @@ def check_units_and_ranges(ctx: Context) -> CheckResult:
             down = (
                 (pl.col("level") <= low_level / F) & (pl.col("span") <= low_span / F) & (pl.col("span") > 0)
             )
-            hit = d.filter(up | down).sort("episode_index")
+            ups[i] = d.filter(up).with_columns(usual_level=pl.lit(level), usual_span=pl.lit(span))
+            downs[i] = set(d.filter(down)["episode_index"].to_list())
+        # A joint that merely stays near 0 in one episode looks "smaller"; a unit change shrinks most
+        # of the feature's dimensions at once, so smaller values count only then.
+        counts: dict[int, int] = {}
+        for ids in downs.values():
+            for e in ids:
+                counts[e] = counts.get(e, 0) + 1
+        shrunk = {e for e, n in counts.items() if n * 2 >= max(len(per_dim), 2)}
+        for i, d in per_dim.items():
+            if i not in ups:
+                continue
+            hit = pl.concat(
+                [
+                    ups[i],
+                    d.filter(pl.col("episode_index").is_in(sorted(downs[i] & shrunk))).with_columns(
+                        usual_level=pl.lit(float(d["level"].quantile(LOW_Q))),
+                        usual_span=pl.lit(float(d["span"].quantile(LOW_Q))),
+                    ),
+                ],
+                how="vertical_relaxed",
+            ).sort("episode_index")
             if hit.height:
                 ids = hit["episode_index"].to_list()
-                e, lv, sp = hit.row(0)
+                e, lv, sp, level, span = hit.row(0)
                 res.findings.append(
                     Finding(
                         "unit_change",

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from piperctl.errors import PiperctlError
 from piperctl.leakage.layout import STRUCT_COLUMNS, DataFile, Layout, one_line
 
+STATE_FEATURES = ("observation.state", "state", "observation.states")
 BATCH_ROWS = 1_000_000  # rows per query: big enough to amortise planning, small enough to show progress
 MATERIALIZE_FILES = 4  # batches of more files are read into memory before querying
 _FROZEN_SCHEMA = {
@@ -204,11 +205,20 @@ def content_queries(
     widths = widths or {}
     vectors = vectors or []
     base = lf.with_columns(_new=_new_run)
+    cont = ~pl.col("_new")
+    state = next((c for c in STATE_FEATURES if c in vectors), None)
+    if state is not None:
+        # The arm's reading held from the previous or into the next frame: the arm is at rest there,
+        # whatever its action (a leader arm starts moving a frame before the follower does).
+        held = ((pl.col(state) == pl.col(state).shift(1)) & cont).fill_null(False)
+        still = held | held.shift(-1).fill_null(False)
+    else:
+        still = pl.lit(False)
     frames = base.select(
         _h=pl.struct(features).hash(seed=0x51EE),
         _row=pl.col("_row").cast(pl.UInt64),
+        _still=still,
     )
-    cont = ~pl.col("_new")
     # Row t has a successor in the same run: state(t+1) may be compared with action(t).
     cont_next = (~pl.col("_new").shift(-1)).fill_null(False)
     aggs: list[pl.Expr] = []
@@ -220,10 +230,11 @@ def content_queries(
                 aggs += [d.min().alias(f"min|{c}|{i}") for i, d in enumerate(dims)]
                 aggs += [d.max().alias(f"max|{c}|{i}") for i, d in enumerate(dims)]
         if c in vectors:
-            aggs += [
-                pl.when(cont).then((d - d.shift(1)).abs()).max().alias(f"dmax|{c}|{i}")
-                for i, d in enumerate(dims)
-            ]
+            for i, d in enumerate(dims):
+                # Null at a run's first row, so the second difference is null at its first two.
+                step = pl.when(cont).then(d - d.shift(1))
+                aggs.append(step.abs().max().alias(f"dmax|{c}|{i}"))
+                aggs.append((step - step.shift(1)).abs().max().alias(f"amax|{c}|{i}"))
         aggs.append(pl.col(c).null_count().alias(f"null|{c}"))
     for k, (a, ai, s, si) in enumerate(lag_pairs or []):
         act = _dims(a, schema[a], widths.get(a, 1))[ai]
@@ -373,7 +384,9 @@ def _exact_classes(
     del hashes
     if repeated.len() == 0:
         return empty, 0
-    candidates = pl.concat(frame_parts).filter(pl.col("_h").is_in(repeated.implode())).select("_row")
+    candidates = (
+        pl.concat(frame_parts).filter(pl.col("_h").is_in(repeated.implode())).select("_row", "_still")
+    )
     if candidates.height == 0:
         return empty, 0
     rows = candidates["_row"]
@@ -384,15 +397,15 @@ def _exact_classes(
         if wanted.len() == 0:
             continue
         lf = batch.scan().filter(pl.col("_row").is_in(wanted.implode()))
-        q = lf.select("episode_index", "frame_index", *features)
+        q = lf.select("episode_index", "frame_index", pl.col("_row").cast(pl.UInt64), *features)
         parts.append(_collect(batch, [q], columns)[0])
-    picked = pl.concat(parts, how="vertical_relaxed")
+    picked = pl.concat(parts, how="vertical_relaxed").join(candidates, on="_row", how="left")
     classes = (
         picked.group_by(features)
-        .agg("episode_index", "frame_index")
+        .agg("episode_index", "frame_index", "_still")
         .with_row_index("cls")
-        .select("cls", "episode_index", "frame_index")
-        .explode("episode_index", "frame_index")
+        .select("cls", "episode_index", "frame_index", "_still")
+        .explode("episode_index", "frame_index", "_still")
     )
     return mark_rest_poses(classes, rest_frames), candidates.height
 
@@ -401,7 +414,9 @@ def mark_rest_poses(classes: pl.DataFrame, rest_frames: int) -> pl.DataFrame:
     """Add `rest`: the class's content was held for `rest_frames`+ consecutive frames of one episode.
 
     A held pose is the arm resting (identical readings while still); every occurrence of that pose,
-    in any episode, is a rest frame. Moving frames never repeat consecutively, so they stay compared.
+    in any episode, is a rest frame. With the default of 2 frames, a frame whose state alone equals
+    its neighbour's (`_still`) is a rest too. Moving frames never repeat consecutively, so they stay
+    compared.
     """
     e, f, c = pl.col("episode_index"), pl.col("frame_index"), pl.col("cls")
     held = (
@@ -414,4 +429,9 @@ def mark_rest_poses(classes: pl.DataFrame, rest_frames: int) -> pl.DataFrame:
         .select("cls")
         .unique()
     )
-    return classes.with_columns(rest=c.is_in(held["cls"].implode()))
+    rest = c.is_in(held["cls"].implode())
+    if "_still" in classes.columns and rest_frames <= 2:
+        # Frames whose state alone was held (the action already moving) are rests too.
+        still = classes.filter(pl.col("_still").fill_null(False))["cls"].unique()
+        rest = rest | c.is_in(still.implode())
+    return classes.drop("_still", strict=False).with_columns(rest=rest)
