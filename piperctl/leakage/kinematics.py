@@ -240,6 +240,10 @@ def check_action_state(ctx: Context) -> CheckResult:
         res.note = ctx.lag_skip
         res.extra["skipped"] = ctx.lag_skip
         return res
+    if "lagsum|0" not in ctx.stats.columns:
+        res.note = f"skipped: {pairs[0][0]} and {pairs[0][2]} are not both float vectors"
+        res.extra["skipped"] = res.note
+        return res
     stats = ctx.stats.filter(pl.col("rows") >= max(10, 3 * t.lag_frames))
     k = range(len(pairs))
     num = pl.sum_horizontal([pl.col(f"lagsum|{j}") for j in k])

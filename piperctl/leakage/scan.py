@@ -204,6 +204,7 @@ def content_queries(
     """
     widths = widths or {}
     vectors = vectors or []
+    lag_pairs = [p for p in lag_pairs or [] if p[0] in vectors and p[2] in vectors]
     base = lf.with_columns(_new=_new_run)
     cont = ~pl.col("_new")
     state = next((c for c in STATE_FEATURES if c in vectors), None)
@@ -221,27 +222,52 @@ def content_queries(
     )
     # Row t has a successor in the same run: state(t+1) may be compared with action(t).
     cont_next = (~pl.col("_new").shift(-1)).fill_null(False)
+    # Frame-level columns first (each dimension extracted once, shifts over the whole batch, masked
+    # at run boundaries), then plain per-episode aggregations: shifts inside an aggregation run per
+    # group and cost several times more.
+    dim_cols: dict[tuple[str, int], pl.Expr] = {}
+    for c in features:
+        for i, d in enumerate(_dims(c, schema[c], widths.get(c, 1))):
+            dim_cols[(c, i)] = d
+    step_cols = {}
+    for c in vectors:
+        i = 0
+        while (c, i) in dim_cols:
+            step_cols[f"_s|{c}|{i}"] = pl.when(cont).then(
+                pl.col(f"_x|{c}|{i}") - pl.col(f"_x|{c}|{i}").shift(1)
+            )
+            i += 1
+    lag_cols = {}
+    for k, (a, ai, st, si) in enumerate(lag_pairs or []):
+        nxt = pl.col(f"_x|{st}|{si}")
+        lag_cols[f"_l|{k}"] = pl.when(cont_next).then((pl.col(f"_x|{a}|{ai}") - nxt.shift(-1)).abs())
+    needed = {(c, i) for c in vectors for (cc, i) in dim_cols if cc == c}
+    needed |= {(a, ai) for a, ai, _, _ in lag_pairs or []} | {(st, si) for _, _, st, si in lag_pairs or []}
+    work = base.with_columns(**{f"_x|{c}|{i}": dim_cols[(c, i)] for c, i in sorted(needed)})
+    work = work.with_columns(**step_cols, **lag_cols)
+    work = work.with_columns(**{f"_a|{k[3:]}": (pl.col(k) - pl.col(k).shift(1)).abs() for k in step_cols})
+
+    def dim(c: str, i: int) -> pl.Expr:
+        return pl.col(f"_x|{c}|{i}") if (c, i) in needed else dim_cols[(c, i)]
+
     aggs: list[pl.Expr] = []
     for c in features:
-        dims = _dims(c, schema[c], widths.get(c, 1))
+        n = sum(1 for cc, _ in dim_cols if cc == c)
         if _is_float(schema[c]):
             aggs.append((~_row_sum(c, schema[c]).is_finite()).sum().alias(f"nonfinite|{c}"))
             if not c.startswith("next."):
-                aggs += [d.min().alias(f"min|{c}|{i}") for i, d in enumerate(dims)]
-                aggs += [d.max().alias(f"max|{c}|{i}") for i, d in enumerate(dims)]
+                aggs += [dim(c, i).min().alias(f"min|{c}|{i}") for i in range(n)]
+                aggs += [dim(c, i).max().alias(f"max|{c}|{i}") for i in range(n)]
         if c in vectors:
-            for i, d in enumerate(dims):
-                # Null at a run's first row, so the second difference is null at its first two.
-                step = pl.when(cont).then(d - d.shift(1))
-                aggs.append(step.abs().max().alias(f"dmax|{c}|{i}"))
-                aggs.append((step - step.shift(1)).abs().max().alias(f"amax|{c}|{i}"))
+            # The second difference is null at a run's first two rows (the step is null at its first).
+            aggs += [pl.col(f"_s|{c}|{i}").abs().max().alias(f"dmax|{c}|{i}") for i in range(n)]
+            aggs += [pl.col(f"_a|{c}|{i}").max().alias(f"amax|{c}|{i}") for i in range(n)]
         aggs.append(pl.col(c).null_count().alias(f"null|{c}"))
-    for k, (a, ai, s, si) in enumerate(lag_pairs or []):
-        act = _dims(a, schema[a], widths.get(a, 1))[ai]
-        nxt = _dims(s, schema[s], widths.get(s, 1))[si]
-        aggs.append(pl.when(cont_next).then((act - nxt.shift(-1)).abs()).sum().alias(f"lagsum|{k}"))
-        aggs.append(pl.when(cont_next).then((nxt.shift(-1) - nxt).abs()).sum().alias(f"vsum|{k}"))
-    stats = base.group_by("episode_index").agg(*aggs, rows=pl.len())
+    for k, (_, _, st, si) in enumerate(lag_pairs or []):
+        aggs.append(pl.col(f"_l|{k}").sum().alias(f"lagsum|{k}"))
+        # |state(t+1) - state(t)| summed over the same rows: the step into each row after the first.
+        aggs.append(pl.col(f"_s|{st}|{si}").abs().sum().alias(f"vsum|{k}"))
+    stats = work.group_by("episode_index").agg(*aggs, rows=pl.len())
     runs = []
     for c in vectors:
         same = (pl.col(c) == pl.col(c).shift(1)) & ~pl.col("_new")
