@@ -386,3 +386,16 @@ def test_rest_pose_dataset_stays_clean_through_the_cli(
     assert doc["robot"] == "piper" and doc["conventions"]["observation.state"]["joint_1"] == "rad"
     cross = next(c for c in doc["checks"] if c["name"] == "cross_episode")
     assert cross["rest_frames"] == 64 and cross["rest_poses"] == 1
+
+
+def test_chunk_size_and_rest_frames_options_reach_the_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write(tmp_path / "ds", frames((40, 50, 45, 60)))
+    code, out, _ = run_cli(
+        ["leakage", "full", root, "--json", "--chunk-size", "45", "--rest-frames", "3"], capsys
+    )
+    doc = json.loads(out)
+    short = next(c for c in doc["checks"] if c["name"] == "short_episodes")
+    assert code == 0 and short["status"] == "warn" and short["episodes"] == [0]
+    assert doc["thresholds"]["chunk_size"] == 45 and doc["thresholds"]["rest_frames"] == 3
