@@ -27,6 +27,10 @@ PY = sys.executable
 PIPERCTL = str(Path(PY).parent / "piperctl")
 ROWS_PER_FILE = 800_000  # about 100 MB of parquet per file at this row width, lerobot's default size
 NAMES = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6", "gripper"]
+# The PiPER's joint limits (rad) and gripper range (m); SPAN scales the random steps per dimension.
+LOW = [-2.6179, 0.0, -2.967, -1.745, -1.22, -2.09439, 0.0]
+HIGH = [2.6179, 3.14, 0.0, 1.745, 1.22, 2.09439, 0.07]
+SPAN = [(h - lo) / 2 for lo, h in zip(LOW, HIGH, strict=True)]
 MINIMAL_COLUMNS = ["episode_index", "frame_index", "index", "timestamp"]
 FULL_COLUMNS = [*MINIMAL_COLUMNS, "observation.state", "action"]
 
@@ -50,11 +54,12 @@ def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
         return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
     marker = path / ".complete"
-    if marker.is_file() and marker.read_text() == f"{frames},{seed}":
+    if marker.is_file() and marker.read_text() == f"{frames},{seed},piper-limits":
         return path
     shutil.rmtree(path, ignore_errors=True)
     rng = np.random.default_rng(seed)
     lengths = _lengths(frames, rng)
+    LOW_, HIGH_, SPAN_ = np.array(LOW), np.array(HIGH), np.array(SPAN)  # noqa: N806
     (path / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (path / "data" / "chunk-000").mkdir(parents=True)
     meta_rows: list[dict] = []
@@ -69,12 +74,14 @@ def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
         ep_ids = np.repeat(np.arange(first_ep, ep), group)
         starts = np.repeat(np.cumsum([0, *group[:-1]]), group)
         fi = np.arange(n) - starts
-        # Random walks restarted at each episode: realistic smooth joints, no value repeated.
-        steps = rng.normal(0, 0.01, (n, 7)).astype(np.float32)
+        # Random walks restarted at each episode inside the PiPER's joint limits (radians, gripper
+        # in metres, as robot_type "piper" declares): smooth joints, no value repeated.
+        steps = (rng.normal(0, 0.002, (n, 7)) * SPAN_).astype(np.float32)
         walk = np.cumsum(steps, axis=0)
         walk -= np.repeat(walk[np.cumsum([0, *group[:-1]])], group, axis=0)
-        state = walk + np.repeat(rng.normal(0, 1, (len(group), 7)).astype(np.float32), group, axis=0)
-        action = state + rng.normal(0, 0.005, (n, 7)).astype(np.float32)
+        starts = LOW_ + (HIGH_ - LOW_) * rng.uniform(0.3, 0.7, (len(group), 7))
+        state = walk + np.repeat(starts.astype(np.float32), group, axis=0)
+        action = state + (rng.normal(0, 0.001, (n, 7)) * SPAN_).astype(np.float32)
         table = pa.table(
             {
                 "observation.state": _fsl(state.astype(np.float32)),
@@ -133,7 +140,7 @@ def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
         },
     }
     (path / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    marker.write_text(f"{frames},{seed}")
+    marker.write_text(f"{frames},{seed},piper-limits")
     return path
 
 

@@ -291,9 +291,12 @@ def resume_cmd(
 # ---------------------------------------------------------------------------------------------
 # piperctl leakage full|minimal DATASET  (also: piperctl leakage DATASET [--minimal])
 
-from enum import StrEnum  # noqa: E402 - kept inside the leakage block so it stays one contiguous edit
+from dataclasses import dataclass, field, replace  # noqa: E402 - the leakage block stays one contiguous edit
+from enum import StrEnum  # noqa: E402
 
 from typer.core import TyperGroup  # noqa: E402
+
+from piperctl.leakage.thresholds import Thresholds  # noqa: E402 - light: no polars until a scan runs
 
 
 class _LeakageGroup(TyperGroup):
@@ -339,28 +342,47 @@ _LkTolerance = Annotated[
     float, typer.Option("--tolerance-s", help="Allowed timestamp step error (s).", min=0.0)
 ]
 _LkFrozen = Annotated[
-    float, typer.Option("--frozen-seconds", help="Report state/action streams frozen this long.", min=0.0)
+    float, typer.Option("--frozen-seconds", help="Report float vector streams frozen this long.", min=0.0)
 ]
 _LkShared = Annotated[
-    int, typer.Option("--min-shared-frames", help="Report episode pairs sharing at least N frames.", min=1)
+    int,
+    typer.Option("--min-shared-frames", help="Report episode pairs sharing at least N moving frames.", min=1),
+]
+_LkRest = Annotated[
+    int,
+    typer.Option(
+        "--rest-frames", help="A pose held N identical frames in a row is a rest pose, never a copy.", min=1
+    ),
+]
+_LkChunk = Annotated[
+    int | None,
+    typer.Option("--chunk-size", help="Report episodes shorter than the policy's action chunk.", min=1),
+]
+_LkRobot = Annotated[
+    str | None,
+    typer.Option(
+        "--robot", help="Robot profile: piper, or none (default: from robot_type in meta/info.json)."
+    ),
 ]
 _LkProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show scan progress on stderr.")]
 
 
-def _leakage_run(
-    minimal: bool,
-    dataset: str | None,
-    dataset_root: Path | None,
-    json_out: bool,
-    markdown: Path | None,
-    fail_on: _FailOn,
-    split: list[str] | None,
-    tolerance_s: float,
-    frozen_seconds: float,
-    min_shared_frames: int,
-    progress: bool,
-) -> None:
-    from piperctl.leakage import DatasetLeakageTester, Thresholds
+@dataclass
+class _LeakageOptions:
+    """What one `piperctl leakage` call asked for, besides the dataset."""
+
+    minimal: bool = False
+    json_out: bool = False
+    markdown: Path | None = None
+    fail_on: _FailOn = _FailOn.fail
+    split: list[str] | None = None
+    robot: str | None = None
+    progress: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+def _leakage_run(dataset: str | None, dataset_root: Path | None, opts: _LeakageOptions) -> None:
+    from piperctl.leakage import DatasetLeakageTester
     from piperctl.leakage.report import print_report, to_json, to_markdown
 
     if dataset is not None and dataset_root is not None:
@@ -372,23 +394,25 @@ def _leakage_run(
         )
     tester = DatasetLeakageTester(
         target,
-        splits=split or None,
-        thresholds=Thresholds(
-            tolerance_s=tolerance_s, frozen_seconds=frozen_seconds, min_shared_frames=min_shared_frames
-        ),
-        progress=progress,
+        splits=opts.split or None,
+        thresholds=opts.thresholds,
+        robot=opts.robot,
+        progress=opts.progress,
     )
-    report = tester.run_minimal_tests() if minimal else tester.run_all_tests()
-    if markdown is not None:
+    report = tester.run_minimal_tests() if opts.minimal else tester.run_all_tests()
+    if opts.markdown is not None:
         try:
-            markdown.write_text(to_markdown(report))
+            opts.markdown.write_text(to_markdown(report))
         except OSError as e:
-            raise PiperctlError(f"cannot write {markdown}: {e.strerror or e}") from e
-    if json_out:
+            raise PiperctlError(f"cannot write {opts.markdown}: {e.strerror or e}") from e
+    if opts.json_out:
         typer.echo(to_json(report))
     else:
         print_report(report)
-    raise typer.Exit(1 if report.failed(fail_on.value) else 0)
+    raise typer.Exit(1 if report.failed(opts.fail_on.value) else 0)
+
+
+_TH = Thresholds()  # the one place the defaults come from
 
 
 @leakage_app.command("full")
@@ -400,16 +424,28 @@ def leakage_full(
     markdown: _LkMarkdown = None,
     fail_on: _LkFailOn = _FailOn.fail,
     split: _LkSplit = None,
-    tolerance_s: _LkTolerance = 1e-4,
-    frozen_seconds: _LkFrozen = 2.0,
-    min_shared_frames: _LkShared = 1,
+    tolerance_s: _LkTolerance = _TH.tolerance_s,
+    frozen_seconds: _LkFrozen = _TH.frozen_seconds,
+    min_shared_frames: _LkShared = _TH.min_shared_frames,
+    rest_frames: _LkRest = _TH.rest_frames,
+    chunk_size: _LkChunk = _TH.chunk_size,
+    robot: _LkRobot = None,
     progress: _LkProgress = True,
 ) -> None:
-    """Every check: indices, timestamps, metadata, duplicate/frozen/NaN data, cross-episode and split leakage."""
+    """Every check: indices, timestamps, metadata, content, leakage, kinematics, units, videos."""
+    thresholds = replace(
+        _TH,
+        tolerance_s=tolerance_s,
+        frozen_seconds=frozen_seconds,
+        min_shared_frames=min_shared_frames,
+        rest_frames=rest_frames,
+        chunk_size=chunk_size,
+    )
     _leakage_run(
-        minimal, dataset, dataset_root, json_out, markdown, fail_on, split,
-        tolerance_s, frozen_seconds, min_shared_frames, progress,
-    )  # fmt: skip
+        dataset,
+        dataset_root,
+        _LeakageOptions(minimal, json_out, markdown, fail_on, split, robot, progress, thresholds),
+    )
 
 
 @leakage_app.command("minimal")
@@ -419,13 +455,19 @@ def leakage_minimal(
     json_out: _LkJson = False,
     markdown: _LkMarkdown = None,
     fail_on: _LkFailOn = _FailOn.fail,
-    tolerance_s: _LkTolerance = 1e-4,
+    tolerance_s: _LkTolerance = _TH.tolerance_s,
     progress: _LkProgress = True,
 ) -> None:
     """Quick checks reading only episode_index, frame_index, index, timestamp and the metadata."""
-    _leakage_run(
-        True, dataset, dataset_root, json_out, markdown, fail_on, None, tolerance_s, 2.0, 1, progress
+    opts = _LeakageOptions(
+        minimal=True,
+        json_out=json_out,
+        markdown=markdown,
+        fail_on=fail_on,
+        progress=progress,
+        thresholds=replace(_TH, tolerance_s=tolerance_s),
     )
+    _leakage_run(dataset, dataset_root, opts)
 
 
 # ---------------------------------------------------------------------------------------------

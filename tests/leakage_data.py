@@ -15,14 +15,38 @@ NAMES = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6", "grip
 TASKS = ["pick the cube", "place the cube"]
 
 
-def frames(lengths: tuple[int, ...] = (40, 50, 45, 60), seed: int = 0) -> pl.DataFrame:
-    """Clean frames: smooth random walks of state and action, so no value repeats anywhere."""
+# The PiPER's joint limits in radians and its gripper range in metres (piperctl.leakage.robots).
+LOW = np.array([-2.6179, 0.0, -2.967, -1.745, -1.22, -2.09439, 0.0])
+HIGH = np.array([2.6179, 3.14, 0.0, 1.745, 1.22, 2.09439, 0.07])
+HOME = (LOW + HIGH) / 2  # the rest pose of `frames(rest=...)`: every episode starts and ends there
+
+
+def frames(lengths: tuple[int, ...] = (40, 50, 45, 60), seed: int = 0, rest: int = 0) -> pl.DataFrame:
+    """Clean frames: smooth random walks of state and action inside the PiPER's limits (radians, metres),
+    so no value repeats anywhere.
+
+    With `rest`, each episode starts and ends holding the same home pose for `rest` frames (state and
+    action identical, as a real arm at rest reads), and moves smoothly away from and back to it.
+    """
     rng = np.random.default_rng(seed)
+    half = (HIGH - LOW) / 2
     parts = []
     start = 0
     for ep, n in enumerate(lengths):
-        state = np.cumsum(rng.normal(0, 0.01, (n, DIM)), axis=0) + rng.normal(0, 1, DIM)
-        action = state + rng.normal(0, 0.005, (n, DIM))
+        if rest:
+            moving = n - 2 * rest
+            walk = np.cumsum(rng.normal(0, 0.01, (moving + 1, DIM)) * half / 1.5, axis=0)
+            # A bridge: leave home and come back to it without a jump.
+            walk -= np.outer(np.linspace(0, 1, moving + 1), walk[-1])
+            path = HOME + walk[1:]
+            state = np.concatenate([np.tile(HOME, (rest, 1)), path, np.tile(HOME, (rest, 1))])
+            action = state + np.concatenate(
+                [np.zeros((rest, DIM)), rng.normal(0, 0.002, (moving, DIM)) * half, np.zeros((rest, DIM))]
+            )
+        else:
+            state = np.cumsum(rng.normal(0, 0.01, (n, DIM)) * half / 1.5, axis=0)
+            state += LOW + half * (1 + rng.uniform(-0.5, 0.5, DIM))
+            action = state + rng.normal(0, 0.005, (n, DIM)) * half / 1.5
         fi = np.arange(n)
         parts.append(
             pl.DataFrame(
@@ -162,3 +186,29 @@ def write(
         tasks = [json.dumps({"task_index": i, "task": t}) for i, t in enumerate(TASKS)]
         (root / "meta" / "tasks.jsonl").write_text("\n".join(tasks) + "\n")
     return root
+
+
+def with_video_feature(root: Path, key: str = "observation.images.front") -> None:
+    """Declare a video feature (v2.1 path template) in meta/info.json of the dataset at `root`."""
+    p = root / "meta" / "info.json"
+    info = json.loads(p.read_text())
+    info["features"][key] = {"dtype": "video", "shape": [16, 16, 3], "names": ["height", "width", "channels"]}
+    info["video_path"] = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+    p.write_text(json.dumps(info, indent=2))
+
+
+def write_video(path: Path, frames_count: int, fps: int = FPS) -> Path:
+    """A tiny MPEG-4 video of `frames_count` 16x16 frames (PyAV), as one camera of one episode."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(frames_count):
+            img = np.full((16, 16, 3), (i * 7) % 255, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -281,6 +281,13 @@ def test_clean_dataset_passes_every_check(tmp_path: Path, version: str) -> None:
         "constant_dimensions",
         "cross_episode",
         "split_leakage",
+        # Added by the kinematic checks: new checks only ever append entries to the contract.
+        "velocity_spikes",
+        "frozen_joints",
+        "action_state",
+        "units_and_ranges",
+        "short_episodes",
+        "videos",
     ]
     minimal = tester.run_minimal_tests()
     _assert_clean(minimal)

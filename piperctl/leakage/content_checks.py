@@ -8,11 +8,25 @@ from piperctl.leakage.layout import Layout
 from piperctl.leakage.result import CheckResult, Finding, ids_text, plural
 
 
-def check_duplicate_frames(classes: pl.DataFrame) -> CheckResult:
-    """6a. Exact duplicate frames (every low-dimensional feature equal) inside one episode."""
+def _moving(classes: pl.DataFrame) -> pl.DataFrame:
+    """The classes that are not rest poses (a pose the arm held still is no copy)."""
+    return classes.filter(~pl.col("rest")) if "rest" in classes.columns else classes
+
+
+def rest_summary(classes: pl.DataFrame) -> dict[str, int]:
+    """How many rest poses, and frames in them, the comparisons left out."""
+    if "rest" not in classes.columns:
+        return {"rest_poses": 0, "rest_frames": 0}
+    rest = classes.filter(pl.col("rest"))
+    return {"rest_poses": rest["cls"].n_unique(), "rest_frames": rest.height}
+
+
+def check_duplicate_frames(classes: pl.DataFrame, rest_frames: int = 2) -> CheckResult:
+    """6a. Exact duplicate frames (every low-dimensional feature equal) inside one episode, rests excepted."""
     res = CheckResult("duplicate_frames", "Duplicate frames within episodes")
     dup = (
-        classes.group_by("cls", "episode_index")
+        _moving(classes)
+        .group_by("cls", "episode_index")
         .agg(pl.col("frame_index").sort())
         .filter(pl.col("frame_index").list.len() > 1)
         .group_by("episode_index")
@@ -35,13 +49,23 @@ def check_duplicate_frames(classes: pl.DataFrame) -> CheckResult:
                 {"details": [{"episode": a, "duplicates": int(b)} for a, b, _ in dup.rows()[:1000]]},
             )
         )
-    res.note = "no frame repeated inside an episode"
+    rest = rest_summary(classes)
+    res.extra.update(rest)
+    res.note = "no frame repeated inside an episode" + (
+        f" ({rest['rest_frames']} frames of {rest['rest_poses']} rest poses held {rest_frames}+ frames left out)"
+        if rest["rest_frames"]
+        else ""
+    )
     return res
 
 
-def check_frozen_streams(frozen: pl.DataFrame, frozen_frames: int, fps: float) -> CheckResult:
-    """6b. Runs of at least `frozen_frames` identical observation.state or action values."""
+def check_frozen_streams(
+    frozen: pl.DataFrame, frozen_frames: int, fps: float, vectors: list[str] | None = None
+) -> CheckResult:
+    """6b. Runs of at least `frozen_frames` identical values of any float vector feature."""
     res = CheckResult("frozen_streams", "Frozen state/action streams")
+    vectors = vectors if vectors is not None else sorted(set(frozen["feature"].to_list()))
+    res.extra["features"] = vectors
     for feature in sorted(set(frozen["feature"].to_list())):
         runs = frozen.filter(pl.col("feature") == feature).sort("length", descending=True)
         ids = sorted(set(runs["episode_index"].to_list()))
@@ -56,9 +80,10 @@ def check_frozen_streams(frozen: pl.DataFrame, frozen_frames: int, fps: float) -
                 {"runs": [dict(zip(runs.columns, r, strict=True)) for r in runs.rows()[:1000]]},
             )
         )
-    res.note = (
-        f"no observation.state/action run of {frozen_frames}+ identical values ({frozen_frames / fps:.1f} s)"
-    )
+    if not vectors:
+        res.note = "no float vector features to check"
+    else:
+        res.note = f"no run of {frozen_frames}+ identical values ({frozen_frames / fps:.1f} s) in {', '.join(vectors)}"
     return res
 
 
@@ -121,7 +146,8 @@ def shared_pairs(classes: pl.DataFrame, lengths: pl.DataFrame, min_shared: int) 
 
     `lengths` holds (episode_index, rows). Exact duplicate episodes have every frame equal, in order.
     """
-    ce = classes.select("cls", "episode_index", "frame_index").unique()
+    every = classes.select("cls", "episode_index", "frame_index").unique()
+    ce = _moving(classes).select("cls", "episode_index", "frame_index").unique()
     ceps = ce.select("cls", "episode_index").unique()
     multi = ceps.group_by("cls").len().filter(pl.col("len") > 1).select("cls")
     ce = ce.join(multi, on="cls", how="semi")
@@ -155,15 +181,21 @@ def shared_pairs(classes: pl.DataFrame, lengths: pl.DataFrame, min_shared: int) 
             )
         )
     )
-    full = pairs.filter(
-        (pl.col("len_a") == pl.col("len_b"))
-        & (pl.col("shared_a") == pl.col("len_a"))
-        & (pl.col("shared_b") == pl.col("len_b"))
+    # Episodes all of whose frames occur elsewhere (rest frames included) may be exact duplicates.
+    counted = every.group_by("episode_index").agg(n_all=pl.len())
+    full = (
+        pairs.join(counted.rename({"episode_index": "a", "n_all": "all_a"}), on="a", how="left")
+        .join(counted.rename({"episode_index": "b", "n_all": "all_b"}), on="b", how="left")
+        .filter(
+            (pl.col("len_a") == pl.col("len_b"))
+            & (pl.col("all_a") == pl.col("len_a"))
+            & (pl.col("all_b") == pl.col("len_b"))
+        )
     )
     exact: set[tuple[int, int]] = set()
     if full.height:
         # Same frames in the same order: the class sequences sorted by frame_index are equal.
-        seqs = ce.sort("episode_index", "frame_index", "cls").group_by("episode_index").agg("cls")
+        seqs = every.sort("episode_index", "frame_index", "cls").group_by("episode_index").agg("cls")
         seq = dict(zip(seqs["episode_index"].to_list(), seqs["cls"].to_list(), strict=True))
         exact = {(x, y) for x, y in full.select("a", "b").rows() if seq.get(x) == seq.get(y)}
     flags = pl.DataFrame(
@@ -177,6 +209,8 @@ def shared_pairs(classes: pl.DataFrame, lengths: pl.DataFrame, min_shared: int) 
 
 
 def _pair_dict(row: dict) -> dict:
+    if row["exact_duplicate"]:  # every frame, rest poses too, is in the other episode in order
+        row = {**row, "shared_a": row["len_a"], "shared_b": row["len_b"], "share_of_shorter": 1.0}
     return {
         "episodes": [row["a"], row["b"]],
         "shared_frames": [row["shared_a"], row["shared_b"]],
@@ -186,8 +220,10 @@ def _pair_dict(row: dict) -> dict:
     }
 
 
-def check_cross_episode(pairs: pl.DataFrame, compared: int = 0) -> CheckResult:
-    """7. Frames of one episode found in another: partial copies and exact duplicate episodes."""
+def check_cross_episode(
+    pairs: pl.DataFrame, compared: int = 0, rest: dict[str, int] | None = None, rest_frames: int = 2
+) -> CheckResult:
+    """7. Moving frames of one episode found in another: partial copies and exact duplicate episodes."""
     res = CheckResult("cross_episode", "Cross-episode contamination")
     for row in pairs.iter_rows(named=True):
         a, b = row["a"], row["b"]
@@ -203,7 +239,13 @@ def check_cross_episode(pairs: pl.DataFrame, compared: int = 0) -> CheckResult:
         res.findings.append(Finding(kind, "fail", [a, b], msg, _pair_dict(row)))
     res.extra["pairs_total"] = pairs.height
     res.extra["frames_compared"] = compared  # frames whose hash repeated, compared value by value
-    res.note = "no frame of one episode appears in another"
+    rest = rest or {"rest_poses": 0, "rest_frames": 0}
+    res.extra.update(rest)
+    res.note = "no moving frame of one episode appears in another" + (
+        f" ({rest['rest_frames']} frames of {rest['rest_poses']} rest poses held {rest_frames}+ frames left out)"
+        if rest["rest_frames"]
+        else ""
+    )
     return res
 
 

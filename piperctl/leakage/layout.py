@@ -323,7 +323,13 @@ def validate_columns(layout: Layout, columns: list[str]) -> list[str]:
     for f in layout.files:
         for col in columns:
             if col not in f.schema.names:
-                raise _fail(f.rel, f"has no '{col}' column", hint="declared in meta/info.json features")
+                declared = col in layout.info.get("features", {})
+                hint = (
+                    "declared in meta/info.json features"
+                    if declared
+                    else "every LeRobot data file needs it (it is not declared in meta/info.json features either)"
+                )
+                raise _fail(f.rel, f"has no '{col}' column", hint=hint)
             t = f.schema.field(col).type
             kind = _kind(t)
             allowed = expected.get(

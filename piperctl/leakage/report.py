@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from piperctl.leakage.result import LeakageReport, ids_text
@@ -14,10 +15,24 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 def _header(report: LeakageReport) -> str:
     i = report.info
-    return (
+    text = (
         f"{report.dataset}: LeRobot {i.get('codebase_version', '?')}, {i.get('episodes', '?')} episodes, "
         f"{i.get('frames', '?')} frames at {i.get('fps', 0):g} fps — {report.mode} scan"
     )
+    conventions = i.get("conventions")
+    if conventions:
+        parts = []
+        for feature, units in conventions.items():
+            joints = {v for k, v in units.items() if "gripper" not in k.lower()}
+            grip = [v for k, v in units.items() if "gripper" in k.lower()]
+            what = []
+            if joints:
+                what.append("joints " + "/".join(sorted(joints)))
+            if grip:
+                what.append("gripper " + "/".join(grip))
+            parts.append(f"{feature} {', '.join(what)}")
+        text += f"\n{i.get('robot', 'robot')} convention: " + "; ".join(parts)
+    return text
 
 
 def print_report(report: LeakageReport, console: Console | None = None) -> None:
@@ -28,7 +43,8 @@ def print_report(report: LeakageReport, console: Console | None = None) -> None:
     if not console.is_terminal and console.width < 120:
         # Piped output gets Rich's 80 columns, too narrow for the summaries; files and CI logs take 120.
         console = Console(file=console.file, width=120)
-    table = Table(title=_header(report), title_justify="left", show_lines=False)
+    # Dataset paths, dimension names like `state[joint_4.pos]` and messages are not Rich markup.
+    table = Table(title=escape(_header(report)), title_justify="left", show_lines=False)
     table.add_column("check", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("episodes", justify="right")
@@ -37,11 +53,11 @@ def print_report(report: LeakageReport, console: Console | None = None) -> None:
     for c in report.checks:
         style = _STYLE[c.status]
         table.add_row(
-            c.title,
+            escape(c.title),
             f"[{style}]{c.status.upper()}[/]",
             str(c.count),
             ids_text(c.episodes, 6) if c.episodes else "",
-            c.summary,
+            escape(c.summary),
         )
     console.print(table)
     console.print(f"overall: [{_STYLE[report.status]}]{report.status.upper()}[/]", highlight=False)

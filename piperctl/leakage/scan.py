@@ -12,16 +12,21 @@ import pyarrow.parquet as pq
 from piperctl.errors import PiperctlError
 from piperctl.leakage.layout import STRUCT_COLUMNS, DataFile, Layout, one_line
 
+STATE_FEATURES = ("observation.state", "state", "observation.states")
 BATCH_ROWS = 1_000_000  # rows per query: big enough to amortise planning, small enough to show progress
 MATERIALIZE_FILES = 4  # batches of more files are read into memory before querying
-FROZEN_FEATURES = ("observation.state", "action")
 _FROZEN_SCHEMA = {
     "episode_index": pl.Int64,
     "feature": pl.String,
     "start_frame": pl.Int64,
     "length": pl.UInt32,
 }
-_CLASSES_SCHEMA = {"cls": pl.UInt32, "episode_index": pl.Int64, "frame_index": pl.Int64}
+_CLASSES_SCHEMA = {
+    "cls": pl.UInt32,
+    "episode_index": pl.Int64,
+    "frame_index": pl.Int64,
+    "rest": pl.Boolean,  # the class is a rest pose: held for rest_frames consecutive frames somewhere
+}
 
 ep, fi, idx = pl.col("episode_index"), pl.col("frame_index"), pl.col("index")
 # A run boundary: the episode changes, or a new file starts (an episode never continues across files).
@@ -114,13 +119,12 @@ def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[p
         _new=_new_run
     )
     rows = rows.with_columns(
-        **{k: v.fill_null(False) for k, v in flags.items()}, _dev=pl.when(cont).then(dev)
+        **{k: v.fill_null(False) for k, v in flags.items()},
+        _dev=pl.when(cont).then(dev),
+        _dts=pl.when(cont).then(dts),
     )
-    at = {
-        "fi_start_at": pl.col("fi_start"),
-        "fi_first_bad": pl.col("fi_repeat") | pl.col("fi_back") | pl.col("fi_skip"),
-        "ts_first_bad": pl.col("ts_nonmono") | pl.col("ts_gap") | pl.col("ts_jitter"),
-    }
+    # The first frame of each kind of fault, so that an example names a frame of that kind.
+    at = {f"{k}_at": pl.col(k) for k in flags}
     rows = rows.with_columns(**{k: pl.when(v).then(fi) for k, v in at.items()})
     # Grouping by episode alone is cheap; the per-file view only needs the rare rows that start a
     # run or carry a fault, so those are grouped by (episode, file) separately.
@@ -135,6 +139,9 @@ def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[p
         idx_null=idx.null_count(),
         ts_null=pl.col("timestamp").null_count(),
         ts_max_dev=pl.col("_dev").max(),
+        ts_steps=pl.col("_dts").count(),
+        ts_step_sum=pl.col("_dts").sum(),
+        ts_step_sq=(pl.col("_dts") * pl.col("_dts")).sum(),
     )
     events = (
         rows.filter(pl.any_horizontal("_new", *flags))
@@ -175,31 +182,94 @@ def _row_sum(col: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).cast(pl.Float64)
 
 
+def is_float_vector(dtype: pl.DataType) -> bool:
+    """True for an Array or List of floats: a joint vector, a pose, an environment state."""
+    return isinstance(dtype, pl.Array | pl.List) and dtype.inner.is_float()  # type: ignore[union-attr]
+
+
 def content_queries(
     lf: pl.LazyFrame,
     schema: pl.Schema,
     features: list[str],
     frozen_frames: int,
     widths: dict[str, int] | None = None,
+    vectors: list[str] | None = None,
+    lag_pairs: list[tuple[str, int, str, int]] | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
-    """Three queries over one batch: frame hashes, per-episode value stats, and frozen runs."""
+    """Three queries over one batch: frame hashes, per-episode value and motion stats, and frozen runs.
+
+    `vectors` are the float vector features whose per-dimension steps are summarised (largest step,
+    for spikes); `lag_pairs` (action feature, dim, state feature, dim) get the sums that estimate how
+    far the action lags the state.
+    """
+    widths = widths or {}
+    vectors = vectors or []
+    lag_pairs = [p for p in lag_pairs or [] if p[0] in vectors and p[2] in vectors]
     base = lf.with_columns(_new=_new_run)
+    cont = ~pl.col("_new")
+    state = next((c for c in STATE_FEATURES if c in vectors), None)
+    if state is not None:
+        # The arm's reading held from the previous or into the next frame: the arm is at rest there,
+        # whatever its action (a leader arm starts moving a frame before the follower does).
+        held = ((pl.col(state) == pl.col(state).shift(1)) & cont).fill_null(False)
+        still = held | held.shift(-1).fill_null(False)
+    else:
+        still = pl.lit(False)
     frames = base.select(
         _h=pl.struct(features).hash(seed=0x51EE),
         _row=pl.col("_row").cast(pl.UInt64),
+        _still=still,
     )
+    # Row t has a successor in the same run: state(t+1) may be compared with action(t).
+    cont_next = (~pl.col("_new").shift(-1)).fill_null(False)
+    # Frame-level columns first (each dimension extracted once, shifts over the whole batch, masked
+    # at run boundaries), then plain per-episode aggregations: shifts inside an aggregation run per
+    # group and cost several times more.
+    dim_cols: dict[tuple[str, int], pl.Expr] = {}
+    for c in features:
+        for i, d in enumerate(_dims(c, schema[c], widths.get(c, 1))):
+            dim_cols[(c, i)] = d
+    step_cols = {}
+    for c in vectors:
+        i = 0
+        while (c, i) in dim_cols:
+            step_cols[f"_s|{c}|{i}"] = pl.when(cont).then(
+                pl.col(f"_x|{c}|{i}") - pl.col(f"_x|{c}|{i}").shift(1)
+            )
+            i += 1
+    lag_cols = {}
+    for k, (a, ai, st, si) in enumerate(lag_pairs or []):
+        nxt = pl.col(f"_x|{st}|{si}")
+        lag_cols[f"_l|{k}"] = pl.when(cont_next).then((pl.col(f"_x|{a}|{ai}") - nxt.shift(-1)).abs())
+    needed = {(c, i) for c in vectors for (cc, i) in dim_cols if cc == c}
+    needed |= {(a, ai) for a, ai, _, _ in lag_pairs or []} | {(st, si) for _, _, st, si in lag_pairs or []}
+    work = base.with_columns(**{f"_x|{c}|{i}": dim_cols[(c, i)] for c, i in sorted(needed)})
+    work = work.with_columns(**step_cols, **lag_cols)
+    work = work.with_columns(**{f"_a|{k[3:]}": (pl.col(k) - pl.col(k).shift(1)).abs() for k in step_cols})
+
+    def dim(c: str, i: int) -> pl.Expr:
+        return pl.col(f"_x|{c}|{i}") if (c, i) in needed else dim_cols[(c, i)]
+
     aggs: list[pl.Expr] = []
     for c in features:
-        dims = _dims(c, schema[c], (widths or {}).get(c, 1))
+        n = sum(1 for cc, _ in dim_cols if cc == c)
         if _is_float(schema[c]):
             aggs.append((~_row_sum(c, schema[c]).is_finite()).sum().alias(f"nonfinite|{c}"))
             if not c.startswith("next."):
-                aggs += [d.min().alias(f"min|{c}|{i}") for i, d in enumerate(dims)]
-                aggs += [d.max().alias(f"max|{c}|{i}") for i, d in enumerate(dims)]
+                aggs += [dim(c, i).min().alias(f"min|{c}|{i}") for i in range(n)]
+                aggs += [dim(c, i).max().alias(f"max|{c}|{i}") for i in range(n)]
+        if c in vectors:
+            # The second difference is null at a run's first two rows (the step is null at its first).
+            aggs += [pl.col(f"_s|{c}|{i}").abs().max().alias(f"dmax|{c}|{i}") for i in range(n)]
+            aggs += [pl.col(f"_a|{c}|{i}").max().alias(f"amax|{c}|{i}") for i in range(n)]
         aggs.append(pl.col(c).null_count().alias(f"null|{c}"))
-    stats = base.group_by("episode_index").agg(*aggs, rows=pl.len())
+    for k, (_, _, st, si) in enumerate(lag_pairs or []):
+        aggs.append(pl.col(f"_l|{k}").sum().alias(f"lagsum|{k}"))
+        # |state(t+1) - state(t)| summed over the same rows: the step into each row after the first.
+        aggs.append(pl.col(f"_s|{st}|{si}").abs().sum().alias(f"vsum|{k}"))
+    stats = work.group_by("episode_index").agg(*aggs, rows=pl.len())
     runs = []
-    for c in (f for f in FROZEN_FEATURES if f in features):
+    for c in vectors:
         same = (pl.col(c) == pl.col(c).shift(1)) & ~pl.col("_new")
         # A run of L identical values has L-1 "same as previous" rows; only those need grouping.
         runs.append(
@@ -215,18 +285,7 @@ def content_queries(
             .filter(pl.col("length") >= frozen_frames)
             .select("episode_index", pl.lit(c).alias("feature"), "start_frame", "length")
         )
-    frozen = (
-        pl.concat(runs)
-        if runs
-        else pl.LazyFrame(
-            schema={
-                "episode_index": pl.Int64,
-                "feature": pl.String,
-                "start_frame": pl.Int64,
-                "length": pl.UInt32,
-            }
-        )
-    )
+    frozen = pl.concat(runs) if runs else pl.LazyFrame(schema=_FROZEN_SCHEMA)
     return frames, stats, frozen
 
 
@@ -241,6 +300,7 @@ class ScanResult:
     classes: pl.DataFrame | None = None  # (cls, episode_index, frame_index): frames that occur more than once
     candidate_rows: int = 0
     features: list[str] = field(default_factory=list)
+    vectors: list[str] = field(default_factory=list)  # float vector features (kinematic checks)
 
 
 def _rel_files(df: pl.DataFrame, files: list[DataFile]) -> pl.DataFrame:
@@ -257,6 +317,8 @@ def scan_dataset(
     features: list[str],
     tolerance_s: float,
     frozen_frames: int,
+    rest_frames: int = 2,
+    lag_pairs: list[tuple[str, int, str, int]] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> ScanResult:
     """Scan every data file once; `progress(rows)` is called after each batch."""
@@ -276,7 +338,8 @@ def scan_dataset(
         queries = list(structure_query(lf, layout.fps, tolerance_s))
         if content:
             widths = {c: len(layout.dim_names.get(c, [])) for c in features}
-            queries += list(content_queries(lf, schema, features, frozen_frames, widths))
+            vectors = [c for c in features if is_float_vector(schema[c]) and not c.startswith("next.")]
+            queries += list(content_queries(lf, schema, features, frozen_frames, widths, vectors, lag_pairs))
         results = _collect(batch, queries, columns)
         bulk_parts.append(results[0])
         event_parts.append(results[1])
@@ -305,7 +368,10 @@ def scan_dataset(
     result.frozen = pl.concat(frozen_parts, how="vertical_relaxed").sort(
         "episode_index", "feature", "start_frame"
     )
-    result.classes, result.candidate_rows = _exact_classes(all_batches, frame_parts, features, columns)
+    result.classes, result.candidate_rows = _exact_classes(
+        all_batches, frame_parts, features, columns, rest_frames
+    )
+    result.vectors = [c for c in features if is_float_vector(schema[c]) and not c.startswith("next.")]
     return result
 
 
@@ -325,7 +391,11 @@ def _merge_stats(stats: pl.DataFrame) -> pl.DataFrame:
 
 
 def _exact_classes(
-    all_batches: list[Batch], frame_parts: list[pl.DataFrame], features: list[str], columns: list[str]
+    all_batches: list[Batch],
+    frame_parts: list[pl.DataFrame],
+    features: list[str],
+    columns: list[str],
+    rest_frames: int = 2,
 ) -> tuple[pl.DataFrame, int]:
     """Frames whose content occurs more than once, grouped into classes of exactly equal content.
 
@@ -340,7 +410,9 @@ def _exact_classes(
     del hashes
     if repeated.len() == 0:
         return empty, 0
-    candidates = pl.concat(frame_parts).filter(pl.col("_h").is_in(repeated.implode())).select("_row")
+    candidates = (
+        pl.concat(frame_parts).filter(pl.col("_h").is_in(repeated.implode())).select("_row", "_still")
+    )
     if candidates.height == 0:
         return empty, 0
     rows = candidates["_row"]
@@ -351,14 +423,41 @@ def _exact_classes(
         if wanted.len() == 0:
             continue
         lf = batch.scan().filter(pl.col("_row").is_in(wanted.implode()))
-        q = lf.select("episode_index", "frame_index", *features)
+        q = lf.select("episode_index", "frame_index", pl.col("_row").cast(pl.UInt64), *features)
         parts.append(_collect(batch, [q], columns)[0])
-    picked = pl.concat(parts, how="vertical_relaxed")
+    picked = pl.concat(parts, how="vertical_relaxed").join(candidates, on="_row", how="left")
     classes = (
         picked.group_by(features)
-        .agg("episode_index", "frame_index")
+        .agg("episode_index", "frame_index", "_still")
         .with_row_index("cls")
-        .select("cls", "episode_index", "frame_index")
-        .explode("episode_index", "frame_index")
+        .select("cls", "episode_index", "frame_index", "_still")
+        .explode("episode_index", "frame_index", "_still")
     )
-    return classes, candidates.height
+    return mark_rest_poses(classes, rest_frames), candidates.height
+
+
+def mark_rest_poses(classes: pl.DataFrame, rest_frames: int) -> pl.DataFrame:
+    """Add `rest`: the class's content was held for `rest_frames`+ consecutive frames of one episode.
+
+    A held pose is the arm resting (identical readings while still); every occurrence of that pose,
+    in any episode, is a rest frame. With the default of 2 frames, a frame whose state alone equals
+    its neighbour's (`_still`) is a rest too. Moving frames never repeat consecutively, so they stay
+    compared.
+    """
+    e, f, c = pl.col("episode_index"), pl.col("frame_index"), pl.col("cls")
+    held = (
+        classes.sort("episode_index", "frame_index")
+        .with_columns(_new=((e != e.shift(1)) | (f != f.shift(1) + 1) | (c != c.shift(1))).fill_null(True))
+        .with_columns(_run=pl.col("_new").cum_sum())
+        .group_by("_run")
+        .agg(cls=c.first(), n=pl.len())
+        .filter(pl.col("n") >= rest_frames)
+        .select("cls")
+        .unique()
+    )
+    rest = c.is_in(held["cls"].implode())
+    if "_still" in classes.columns and rest_frames <= 2:
+        # Frames whose state alone was held (the action already moving) are rests too.
+        still = classes.filter(pl.col("_still").fill_null(False))["cls"].unique()
+        rest = rest | c.is_in(still.implode())
+    return classes.drop("_still", strict=False).with_columns(rest=rest)

@@ -14,21 +14,20 @@ def per_episode(episodes: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
         episodes.filter(pl.col("episode_index").is_not_null())
         .group_by("episode_index")
         .agg(
-            pl.col("rows", "fi_null", "idx_null", "ts_null").sum(),
+            pl.col("rows", "fi_null", "idx_null", "ts_null", "ts_steps", "ts_step_sum", "ts_step_sq").sum(),
             pl.col("first_row", "fi_min", "idx_min").min(),
             pl.col("fi_max", "idx_max", "ts_max_dev").max(),
         )
     )
-    counts = [
-        c for c in runs.columns if c not in ("episode_index", "file") and not c.endswith(("_at", "_bad"))
-    ]
+    counts = [c for c in runs.columns if c not in ("episode_index", "file") and not c.endswith("_at")]
+    firsts = [c for c in runs.columns if c.endswith("_at")]
     events = (
         runs.filter(pl.col("episode_index").is_not_null())
         .group_by("episode_index")
         .agg(
             pl.col("file").unique().sort().alias("files"),
             *[pl.col(c).sum() for c in counts],
-            pl.col("fi_start_at", "fi_first_bad", "ts_first_bad").min(),
+            pl.col(firsts).min(),
         )
     )
     return bulk.join(events, on="episode_index", how="left").sort("episode_index")
@@ -175,13 +174,13 @@ def check_frame_index(layout: Layout, eps: pl.DataFrame) -> CheckResult:
                 at="fi_start_at",
             ),
             _per_episode_finding(
-                eps, pl.col("fi_repeat") > 0, "repeat", "frame_index repeats", at="fi_first_bad"
+                eps, pl.col("fi_repeat") > 0, "repeat", "frame_index repeats", at="fi_repeat_at"
             ),
             _per_episode_finding(
-                eps, pl.col("fi_back") > 0, "backwards", "frame_index going backwards", at="fi_first_bad"
+                eps, pl.col("fi_back") > 0, "backwards", "frame_index going backwards", at="fi_back_at"
             ),
             _per_episode_finding(
-                eps, pl.col("fi_skip") > 0, "gap", "frame_index skipping frames", at="fi_first_bad"
+                eps, pl.col("fi_skip") > 0, "gap", "frame_index skipping frames", at="fi_skip_at"
             ),
         ]
     )
@@ -285,30 +284,56 @@ def check_timestamps(layout: Layout, eps: pl.DataFrame, tolerance_s: float) -> C
                 pl.col("ts_nonmono") > 0,
                 "not_monotonic",
                 "timestamps repeating or going backwards",
-                at="ts_first_bad",
+                at="ts_nonmono_at",
             ),
             _per_episode_finding(
                 eps,
                 pl.col("ts_gap") > 0,
                 "gap",
                 f"timestamp gaps over 1.5 frame periods ({1.5 * period:.4g} s)",
-                at="ts_first_bad",
+                at="ts_gap_at",
             ),
             _per_episode_finding(
                 eps,
                 pl.col("ts_jitter") > 0,
                 "jitter",
                 f"timestamp steps off 1/fps by more than {tolerance_s:g} s",
-                at="ts_first_bad",
+                at="ts_jitter_at",
             ),
         ]
     )
+    _add_step_statistics(res, eps, period)
     worst = eps["ts_max_dev"].max() if eps.height else None
     res.extra["max_step_error_s"] = None if worst is None else float(worst)  # type: ignore[arg-type]
     res.note = f"steps of 1/{layout.fps:g} s within {tolerance_s:g} s" + (
         f" (worst {float(worst):.2g} s)" if worst is not None else ""  # type: ignore[arg-type]
     )
     return res
+
+
+def _add_step_statistics(res: CheckResult, eps: pl.DataFrame, period: float) -> None:
+    """Mean and spread of the steps of jittery episodes: jitter shows even when the mean step is right."""
+    stats = eps.with_columns(
+        mean=pl.col("ts_step_sum") / pl.col("ts_steps"),
+        std=((pl.col("ts_step_sq") / pl.col("ts_steps")) - (pl.col("ts_step_sum") / pl.col("ts_steps")) ** 2)
+        .clip(lower_bound=0.0)
+        .sqrt(),
+    )
+    by_ep = {e: (m, s) for e, m, s in stats.select("episode_index", "mean", "std").rows()}
+    for f in res.findings:
+        if f.kind != "jitter":
+            continue
+        for d in f.extra.get("details", []):
+            m, s = by_ep.get(d["episode"], (None, None))
+            d["mean_step_s"] = None if m is None else round(float(m), 7)
+            d["std_step_s"] = None if s is None else round(float(s), 7)
+        e = f.episodes[0]
+        m, s = by_ep.get(e, (None, None))
+        if m is not None and s is not None:
+            f.message += (
+                f"; episode {e}: mean step {m * 1e3:.2f} ms (1/fps {period * 1e3:.2f} ms), "
+                f"spread {s * 1e3:.2f} ms"
+            )
 
 
 def check_metadata(layout: Layout, eps: pl.DataFrame) -> CheckResult:

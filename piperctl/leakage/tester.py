@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,29 +10,19 @@ import polars as pl
 
 from piperctl.console import progress_bar
 from piperctl.errors import PiperctlError
-from piperctl.leakage import content_checks as cc
 from piperctl.leakage import structure_checks as sc
+from piperctl.leakage.kinematics import lag_pairs
 from piperctl.leakage.layout import STRUCT_COLUMNS, Layout, load_layout, validate_columns
+from piperctl.leakage.registry import CHECKS, Context
 from piperctl.leakage.result import LeakageReport
+from piperctl.leakage.robots import KNOWN_ROBOTS, robot_of
 from piperctl.leakage.scan import scan_dataset
 from piperctl.leakage.source import resolve_dataset
 from piperctl.leakage.splits import parse_split_options, splits_from_info
+from piperctl.leakage.thresholds import Thresholds
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-@dataclass
-class Thresholds:
-    """Tunable limits of the checks."""
-
-    tolerance_s: float = 1e-4  # lerobot's own timestamp tolerance
-    frozen_seconds: float = 2.0  # a state/action stream identical for this long is reported
-    min_shared_frames: int = 1  # pairs of episodes sharing fewer frames are not reported
-
-    def frozen_frames(self, fps: float) -> int:
-        """The frozen-run threshold in frames at `fps` (at least 2)."""
-        return max(2, math.ceil(self.frozen_seconds * fps - 1e-9))
 
 
 class DatasetLeakageTester:
@@ -46,14 +34,20 @@ class DatasetLeakageTester:
         *,
         splits: list[str] | dict[str, list[int]] | None = None,
         thresholds: Thresholds | None = None,
+        robot: str | None = None,
         progress: bool = True,
     ) -> None:
         self.dataset = str(dataset)
         self.thresholds = thresholds or Thresholds()
-        if self.thresholds.tolerance_s <= 0 or self.thresholds.frozen_seconds <= 0:
+        bad = self.thresholds.problems()
+        if bad:
+            opts = ", ".join("--" + b.replace("_", "-") for b in bad)
+            raise PiperctlError(f"{opts}: must be positive", hint="see 'piperctl leakage full --help'")
+        if robot is not None and robot.lower() not in (*KNOWN_ROBOTS, "none"):
             raise PiperctlError(
-                "thresholds must be positive", hint="check --tolerance-s and --frozen-seconds"
+                f"--robot {robot!r}: no such robot profile", hint=f"known: {', '.join(KNOWN_ROBOTS)}, or none"
             )
+        self.robot = robot
         self.progress = progress
         self._splits = parse_split_options(splits) if isinstance(splits, list) else splits
         self._root: Path | None = None
@@ -87,30 +81,41 @@ class DatasetLeakageTester:
         features = validate_columns(layout, list(STRUCT_COLUMNS) + (layout.content_features if full else []))
         t = self.thresholds
         frozen_frames = t.frozen_frames(layout.fps)
+        pairs, skip = lag_pairs(features, layout.dim_names) if full else ([], "")
+        kwargs = dict(
+            full=full,
+            features=features,
+            tolerance_s=t.tolerance_s,
+            frozen_frames=frozen_frames,
+            rest_frames=t.rest_frames,
+            lag_pairs=pairs,
+        )
         label = f"scanning {layout.root.name} ({'full' if full else 'minimal'})"
         if self.progress:
             with progress_bar(label, layout.rows) as bar:
-                scan = scan_dataset(
-                    layout,
-                    full=full,
-                    features=features,
-                    tolerance_s=t.tolerance_s,
-                    frozen_frames=frozen_frames,
-                    progress=bar.update,
-                )
+                scan = scan_dataset(layout, progress=bar.update, **kwargs)  # type: ignore[arg-type]
         else:
-            scan = scan_dataset(
-                layout, full=full, features=features, tolerance_s=t.tolerance_s, frozen_frames=frozen_frames
-            )
+            scan = scan_dataset(layout, **kwargs)  # type: ignore[arg-type]
         eps = sc.per_episode(scan.episodes, scan.runs)
         null_rows = int(scan.episodes.filter(pl.col("episode_index").is_null())["rows"].sum() or 0)
-        checks = [
-            sc.check_episode_index(layout, scan.runs, eps, null_rows),
-            sc.check_frame_index(layout, eps),
-            sc.check_global_index(layout, eps),
-            sc.check_timestamps(layout, eps, t.tolerance_s),
-            sc.check_metadata(layout, eps),
-        ]
+        if self._splits is not None:
+            splits, source = self._splits, "--split"
+        else:
+            splits, source = splits_from_info(layout.info), "meta/info.json"
+        ctx = Context(
+            layout=layout,
+            thresholds=t,
+            scan=scan,
+            eps=eps,
+            null_rows=null_rows,
+            frozen_frames=frozen_frames,
+            splits=splits,
+            splits_source=source,
+            robot=robot_of(layout.info, self.robot),
+            lag_pairs=pairs,
+            lag_skip=skip,
+        )
+        checks = [c.run(ctx) for c in CHECKS if full or c.minimal]
         info = {
             "root": str(layout.root),
             "codebase_version": layout.codebase_version,
@@ -123,24 +128,20 @@ class DatasetLeakageTester:
                 "tolerance_s": t.tolerance_s,
                 "frozen_frames": frozen_frames,
                 "min_shared_frames": t.min_shared_frames,
+                "rest_frames": t.rest_frames,
+                "spike_factor": t.spike_factor,
+                "lag_frames": t.lag_frames,
+                "unit_factor": t.unit_factor,
+                "short_fraction": t.short_fraction,
+                "chunk_size": t.chunk_size,
             },
         }
         if full:
-            assert scan.content_stats is not None and scan.frozen is not None and scan.classes is not None
-            pairs = cc.shared_pairs(scan.classes, eps.select("episode_index", "rows"), t.min_shared_frames)
-            if self._splits is not None:
-                splits, source = self._splits, "--split"
-            else:
-                splits, source = splits_from_info(layout.info), "meta/info.json"
-            checks += [
-                cc.check_duplicate_frames(scan.classes),
-                cc.check_frozen_streams(scan.frozen, frozen_frames, layout.fps),
-                cc.check_values(scan.content_stats, features),
-                cc.check_constant_dims(scan.content_stats, layout, features),
-                cc.check_cross_episode(pairs, scan.candidate_rows),
-                cc.check_split_leakage(splits, source, pairs, set(eps["episode_index"].to_list())),
-            ]
             info["features"] = features
+            info["robot"] = ctx.robot
+            units = next((c for c in checks if c.name == "units_and_ranges"), None)
+            profile = units.extra.get("robot_profile") if units is not None else None
+            info["conventions"] = profile["conventions"] if profile else None
         self.report = LeakageReport(
             dataset=self.dataset, mode="full" if full else "minimal", checks=checks, info=info
         )
