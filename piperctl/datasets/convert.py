@@ -179,12 +179,16 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _convert_v21(src: Path, new_root: Path, cache: Path, bar: Bar) -> None:
+    import av.logging
     from datasets import Dataset
     from lerobot.datasets import aggregate_stats
     from lerobot.datasets.io_utils import write_episodes, write_stats
     from lerobot.datasets.utils import DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_VIDEO_FILE_SIZE_IN_MB
     from lerobot.scripts import convert_dataset_v21_to_v30 as conv
 
+    # lerobot's encoders restore FFmpeg's default logger, which prints muxer notes ("moving the moov
+    # atom") straight to stderr while videos are concatenated.
+    av.logging.set_level(av.logging.ERROR)
     with _lerobot_progress(conv, bar):
         conv.convert_info(src, new_root, DEFAULT_DATA_FILE_SIZE_IN_MB, DEFAULT_VIDEO_FILE_SIZE_IN_MB)
         conv.convert_tasks(src, new_root)
@@ -295,6 +299,12 @@ def convert(
                     bar.update(1)
             _fsync_tree(new_root)
             _replace(new_root, out, staging)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise PiperctlError(
+            f"converting {src} to {out} failed: {e.strerror or e}{where}",
+            hint="check free space and permissions; OUT was left as it was",
+        ) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     final = dsi.read_info(out)
