@@ -128,7 +128,9 @@ def dataset_synth(
         version=version,
     )
     path = synthesize(out, cfg, force=force)
-    typer.echo(f"wrote {cfg.episodes} episodes ({cfg.version}) to {path}")
+    typer.echo(
+        f"wrote {cfg.episodes} episodes to {path}" + (" (LeRobot v2.1)" if cfg.version == "v2.1" else "")
+    )
 
 
 @dataset_app.command("convert")

@@ -226,6 +226,8 @@ def episode_trajectory(
         a, b = waypoints[i][0], waypoints[i + 1][0]
         lo, hi = bounds[i], bounds[i + 1] + (1 if i == len(weights) - 1 else 0)
         steps = max(hi - lo, 1)
+        if rest and i == len(weights) - 1:
+            steps = max(hi - lo - 1, 1)  # the last command (q[T]) lands exactly on HOME, where rest begins
         tau = _min_jerk(np.arange(hi - lo) / steps)[:, None]
         q[lo:hi] = a + (b - a) * tau
     # A human teleoperator is never perfectly smooth: add a small low-frequency wobble.
