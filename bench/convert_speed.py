@@ -3,7 +3,8 @@
 Both run end to end in their own process (interpreter start, imports, conversion), alternately, on one
 synthesized v2.1 dataset; lerobot's script converts a fresh copy each time because it renames its
 input in place (the copy is not timed). The outputs must hold the same data: every data parquet table
-equal, the same episode metadata (file indices, lengths, video time ranges) and identical video bytes.
+equal, the same meta/episodes table (indices, time ranges, stats), tasks, info.json and stats.json,
+and identical video bytes.
 
     .venv/bin/python bench/convert_speed.py [--episodes 30] [--frames 60:90] [--repeats 3]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -69,11 +71,15 @@ def _same_output(a: Path, b: Path) -> list[str]:
             problems.append(f"{rel}: content differs")
 
     def episodes(root: Path) -> pa.Table:
-        t = pa.concat_tables(pq.read_table(p) for p in sorted(root.glob("meta/episodes/*/*.parquet")))
-        return t.select([c for c in t.column_names if not c.startswith("stats/")])
+        return pa.concat_tables(pq.read_table(p) for p in sorted(root.glob("meta/episodes/*/*.parquet")))
 
     if not episodes(a).equals(episodes(b)):
         problems.append("meta/episodes differ")
+    if not pq.read_table(a / "meta/tasks.parquet").equals(pq.read_table(b / "meta/tasks.parquet")):
+        problems.append("meta/tasks.parquet differs")
+    for rel in ("meta/info.json", "meta/stats.json"):
+        if json.loads((a / rel).read_text()) != json.loads((b / rel).read_text()):
+            problems.append(f"{rel} differs")
     for p in sorted(a.glob("videos/**/*.mp4")):
         q = b / p.relative_to(a)
         if (
@@ -131,7 +137,9 @@ def main() -> None:
     if problems:
         print("OUTPUTS DIFFER:\n  " + "\n  ".join(problems))
         sys.exit(1)
-    print("outputs: same data parquet content, same episode metadata, identical video bytes")
+    print(
+        "outputs: same data parquet tables, meta/episodes, tasks, info.json, stats.json; identical video bytes"
+    )
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
-def _convert_v21(src: Path, new_root: Path, cache: Path, bar: Bar) -> None:
+def _convert_v21(src: Path, new_root: Path, bar: Bar) -> None:
     import av.logging
     from datasets import Dataset
     from lerobot.datasets import aggregate_stats
@@ -194,17 +194,16 @@ def _convert_v21(src: Path, new_root: Path, cache: Path, bar: Bar) -> None:
         conv.convert_tasks(src, new_root)
         episodes_metadata = conv.convert_data(src, new_root, DEFAULT_DATA_FILE_SIZE_IN_MB)
         videos_metadata = conv.convert_videos(src, new_root, DEFAULT_VIDEO_FILE_SIZE_IN_MB)
-    # conv.convert_episodes_metadata, with its Arrow cache inside our staging folder rather than the
-    # user's HF cache (so nothing is left behind and no stale cache entry can be reused).
+    # conv.convert_episodes_metadata, except that the rows go through Dataset.from_list: no Arrow
+    # cache in the user's HF cache (nothing left behind, no stale entry reused) and no dill hashing of
+    # the generator, which costs more than the conversion of a small dataset.
     legacy = conv.legacy_load_episodes(src)
     stats = conv.legacy_load_episodes_stats(src)
     counts = {len(legacy), len(episodes_metadata)} | ({len(videos_metadata)} if videos_metadata else set())
     if len(counts) != 1:
         raise PiperctlError(f"{src}: episodes in meta, data and videos differ in number ({sorted(counts)})")
-    ds = Dataset.from_generator(
-        lambda: conv.generate_episode_metadata_dict(legacy, episodes_metadata, stats, videos_metadata),
-        cache_dir=str(cache),
-    )
+    rows = list(conv.generate_episode_metadata_dict(legacy, episodes_metadata, stats, videos_metadata))
+    ds = Dataset.from_list(rows)
     write_episodes(ds, new_root)
     write_stats(aggregate_stats(list(stats.values())), new_root)
     bar.update(1)
@@ -287,7 +286,7 @@ def convert(
             if version == dsi.CONVERTIBLE:
                 total = n_eps * (1 + len(video_keys)) + 1 + int(retime)
                 with progress_bar(f"converting {src_path.name} to v3.0", total) as bar:
-                    _convert_v21(src_path, new_root, staging / "arrow-cache", bar)
+                    _convert_v21(src_path, new_root, bar)
                     if retime:
                         _retime(new_root, fps, version, tolerance_s)
                         bar.update(1)
