@@ -71,14 +71,50 @@ def dataset_synth(
     cameras: Annotated[
         str, typer.Option(help="Comma-separated camera names, or 'none' for state-only data.")
     ] = "front,wrist",
-    image_size: Annotated[str, typer.Option(help="Camera image size as HxW.")] = "96x128",
+    image_size: Annotated[str, typer.Option(help="Camera image size as HxW (e.g. 480x640).")] = "96x128",
     video: Annotated[
         bool, typer.Option("--video/--no-video", help="Store cameras as MP4 (lerobot's default) or PNG.")
     ] = True,
     repo_id: Annotated[str, typer.Option(help="repo_id recorded in the dataset.")] = "piperctl/piper_synth",
+    rest_frames: Annotated[
+        int,
+        typer.Option(
+            help="Frames every episode holds one shared home pose before and after the motion (added to --frames).",
+            min=0,
+        ),
+    ] = 0,
+    units: Annotated[
+        str,
+        typer.Option(
+            help="Joint units of state and action: radians (gripper in m), degrees (gripper in mm), "
+            "percent (joints -100..100 over their range, gripper 0..100)."
+        ),
+    ] = "radians",
+    names: Annotated[
+        str,
+        typer.Option(
+            help="Feature names: 'joint' (joint_1 ... gripper) or 'pos' (joint_1.pos ... gripper.pos)."
+        ),
+    ] = "joint",
+    action_names: Annotated[
+        str,
+        typer.Option(
+            help="Action: 'joints' (7-dim, like the state) or 'so101' (6-dim, SO-101 leader names shoulder_pan ... gripper)."
+        ),
+    ] = "joints",
+    timestamp_jitter: Annotated[
+        float,
+        typer.Option(
+            help="Store timestamps as frame_index/fps + U(0, S) seconds, like wall-clock recorders (videos unchanged).",
+            min=0.0,
+        ),
+    ] = 0.0,
+    version: Annotated[
+        str, typer.Option(help="LeRobot format: v3.0, or v2.1 (one parquet and MP4 per episode).")
+    ] = "v3.0",
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")] = False,
 ) -> None:
-    """Write a synthetic PiPER pick-and-place dataset in LeRobot v3.0 format."""
+    """Write a synthetic PiPER pick-and-place dataset (LeRobot v3.0, or v2.1 with --version)."""
     from piperctl.datasets.synth import SynthConfig, parse_cameras, parse_frames, parse_image_size, synthesize
 
     cfg = SynthConfig(
@@ -90,9 +126,48 @@ def dataset_synth(
         image_size=parse_image_size(image_size),
         video=video,
         repo_id=repo_id,
+        rest_frames=rest_frames,
+        units=units,
+        names=names,
+        action=action_names,
+        timestamp_jitter_s=timestamp_jitter,
+        version=version,
     )
     path = synthesize(out, cfg, force=force)
-    typer.echo(f"wrote {cfg.episodes} episodes to {path}")
+    typer.echo(
+        f"wrote {cfg.episodes} episodes to {path}" + (" (LeRobot v2.1)" if cfg.version == "v2.1" else "")
+    )
+
+
+@dataset_app.command("convert")
+def dataset_convert(
+    src: Annotated[
+        str, typer.Argument(help="LeRobot v2.1 dataset folder or Hub id (owner/name); only read.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Folder for the v3.0 dataset (must be new or empty).")],
+    retime: Annotated[
+        bool,
+        typer.Option(
+            "--retime",
+            help="Rewrite timestamps as frame_index / fps after checking every video holds one frame per row "
+            "(also for a v3.0 SRC).",
+        ),
+    ] = False,
+    tolerance_s: Annotated[
+        float, typer.Option("--tolerance-s", help="Allowed video frame time error for --retime (s).", min=0.0)
+    ] = 1e-4,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")] = False,
+) -> None:
+    """Convert a LeRobot v2.1 dataset to v3.0 (offline, on lerobot's own converter; SRC is never changed)."""
+    from piperctl.datasets.convert import convert
+
+    result = convert(src, out, retime=retime, tolerance_s=tolerance_s, force=force)
+    cams = ", ".join(result.cameras) or "none"
+    typer.echo(
+        f"wrote {result.out}: LeRobot v3.0 from {result.source_version}, {result.episodes} episodes, "
+        f"{result.frames} frames, cameras: {cams}"
+        + (", timestamps = frame_index / fps" if result.retimed else "")
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,3 +110,112 @@ def test_frames_option_parses(text: str, expected: tuple[int, int]) -> None:
     from piperctl.datasets.synth import parse_frames
 
     assert parse_frames(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# What real recordings look like: rest poses, units, names, SO-101 actions, jitter, v2.1
+
+
+def _columns(root: Path) -> dict[str, np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.concat_tables(pq.read_table(p) for p in sorted(root.glob("data/*/*.parquet")))
+    return {c: np.asarray(t.column(c).to_pylist()) for c in t.column_names}
+
+
+def _state_only(tmp_path: Path, name: str, **kw) -> dict[str, np.ndarray]:
+    base = {"episodes": 3, "frames": (20, 24), "seed": 4, "cameras": []}
+    return _columns(synthesize(tmp_path / name, SynthConfig(**(base | kw))))
+
+
+def test_rest_frames_hold_one_shared_home_pose_at_both_ends(tmp_path: Path) -> None:
+    from piperctl.datasets.synth import HOME
+
+    cols = _state_only(tmp_path, "rest", rest_frames=5)
+    ep = cols["episode_index"]
+    for e in range(3):
+        s, a = cols["observation.state"][ep == e], cols["action"][ep == e]
+        assert 30 <= len(s) <= 34  # frames + 2 x rest
+        for block in (s[:5], s[-5:], a[:5], a[-5:]):
+            assert np.array_equal(block, np.repeat(HOME[None].astype(np.float32), 5, axis=0))
+        assert not np.array_equal(s[6], HOME.astype(np.float32))  # and it moves in between
+        # The motion starts at HOME and its last command returns there: no jump into or out of rest.
+        assert np.abs(s[5, :6] - HOME[:6]).max() < 0.01 and np.abs(a[-6] - HOME).max() < 1e-3
+
+
+@pytest.mark.parametrize("units", ["degrees", "percent"])
+def test_units_follow_the_piper_plugin_conventions(tmp_path: Path, units: str) -> None:
+    from piperctl.datasets.synth import unit_limits
+
+    rad = _state_only(tmp_path, "rad")
+    conv = _state_only(tmp_path, units, units=units)
+    s = conv["observation.state"]
+    lim = unit_limits(units)
+    assert (s >= lim[:, 0] - 1e-3).all() and (s <= lim[:, 1] + 1e-3).all()
+    if units == "degrees":
+        assert np.allclose(s[:, :6], np.degrees(rad["observation.state"][:, :6]), atol=1e-3)
+        assert np.allclose(s[:, 6], rad["observation.state"][:, 6] * 1000, atol=1e-3)  # gripper in mm
+        assert s[:, 6].max() > 50
+    else:
+        assert (np.abs(s[:, :6]) <= 100).all() and (s[:, 6] >= 0).all() and (s[:, 6] <= 100).all()
+        assert np.abs(s[:, :6]).max() > 20  # the range is used, not a rescaled radian
+    assert np.array_equal(conv["timestamp"], rad["timestamp"])
+
+
+def test_pos_names_and_so101_action(tmp_path: Path) -> None:
+    import json
+
+    root = synthesize(
+        tmp_path / "so", SynthConfig(episodes=2, frames=(12, 12), cameras=[], names="pos", action="so101")
+    )
+    feats = json.loads((root / "meta/info.json").read_text())["features"]
+    assert feats["observation.state"]["names"] == [f"joint_{i}.pos" for i in range(1, 7)] + ["gripper.pos"]
+    assert feats["action"]["names"][0] == "shoulder_pan.pos" and feats["action"]["shape"] == [6]
+    cols = _columns(root)
+    assert cols["action"].shape == (24, 6) and cols["observation.state"].shape == (24, 7)
+    # The SO-101 action commands PiPER joints 1, 2, 3, 5, 6 and the gripper, one frame ahead.
+    for e in (0, 1):
+        s, a = (
+            cols["observation.state"][cols["episode_index"] == e],
+            cols["action"][cols["episode_index"] == e],
+        )
+        assert np.abs(a[:-1] - s[1:, [0, 1, 2, 4, 5, 6]]).max() < 5e-3
+
+
+def test_timestamp_jitter_changes_only_timestamps(tmp_path: Path) -> None:
+    plain = _state_only(tmp_path, "plain", fps=15)
+    jit = _state_only(tmp_path, "jit", fps=15, timestamp_jitter_s=0.03)
+    assert np.array_equal(plain["observation.state"], jit["observation.state"])
+    d = jit["timestamp"].astype(np.float64) - jit["frame_index"] / 15
+    assert d.min() >= -1e-6 and d.max() < 0.03 and d.max() > 0.01
+    assert (np.diff(jit["timestamp"])[np.diff(jit["episode_index"]) == 0] > 0).all()
+
+
+def test_v21_output_same_seed_same_bytes(tmp_path: Path) -> None:
+    cfg = SynthConfig(episodes=2, frames=(10, 12), seed=9, cameras=[], version="v2.1")
+    a, b = synthesize(tmp_path / "a", cfg), synthesize(tmp_path / "b", cfg)
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert "data/chunk-000/episode_000001.parquet" in files and "meta/episodes_stats.jsonl" in files
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--units", "kelvin"], "--units 'kelvin' is not valid"),
+        (["--names", "x"], "--names 'x' is not valid"),
+        (["--action-names", "so100"], "--action-names 'so100' is not valid"),
+        (["--version", "v2.0"], "--version 'v2.0' is not valid"),
+        (["--timestamp-jitter", "0.5"], "--timestamp-jitter 0.5 is not valid"),
+        (["--version", "v2.1", "--no-video"], "--version v2.1 writes cameras as MP4 only"),
+    ],
+)
+def test_bad_realism_options_are_one_line(tmp_path: Path, capsys, args: list[str], needle: str) -> None:
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli(["dataset", "synth", tmp_path / "o", *args], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "o").exists()

@@ -1,4 +1,8 @@
-"""Synthesize LeRobot v3.0 datasets of a simulated AgileX PiPER arm doing pick-and-place."""
+"""Synthesize LeRobot datasets (v3.0, or v2.1 like older recorders) of a simulated PiPER arm doing pick-and-place.
+
+Options model what real recordings look like: rest frames at a shared home pose, the unit conventions
+of PiPER plugins, `joint_1.pos`-style names, a 6-dim SO-101-named action, jittered wall-clock timestamps.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +40,16 @@ TASKS = [
     "pick and place the red cube",
 ]
 GRIPPER_OPEN, GRIPPER_CLOSED = 0.06, 0.012
+# The one pose every episode starts and ends in when `rest_frames` > 0 (a real arm's home/rest pose).
+HOME = np.array([0.0, 0.5, -1.2, 0.0, 0.9, 0.0, GRIPPER_OPEN])
+UNITS = ("radians", "degrees", "percent")
+NAME_STYLES = ("joint", "pos")
+ACTION_STYLES = ("joints", "so101")
+# An SO-101 leader arm drives 5 PiPER joints and the gripper; PiPER's forearm roll (joint_4) has no
+# counterpart on the leader, so a 6-dim SO-101 action leaves it out.
+SO101_NAMES = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+SO101_JOINTS = [0, 1, 2, 4, 5, 6]
+VERSIONS = ("v3.0", "v2.1")
 # Link geometry (m) of the simplified arm used for kinematics and drawing.
 SHOULDER_H, UPPER, FORE, HAND = 0.123, 0.285, 0.25, 0.09
 
@@ -51,6 +66,35 @@ class SynthConfig:
     image_size: tuple[int, int] = (96, 128)
     video: bool = True
     repo_id: str = "piperctl/piper_synth"
+    # Frames held at the shared HOME pose before and after the motion (added to `frames`).
+    rest_frames: int = 0
+    units: str = "radians"  # radians (gripper m) | degrees (gripper mm) | percent (-100..100, gripper 0..100)
+    names: str = "joint"  # joint: `joint_1` ... `gripper`; pos: `joint_1.pos` ... `gripper.pos`
+    action: str = "joints"  # joints: 7-dim like the state; so101: 6-dim SO-101 leader names
+    # Stored timestamps become frame_index / fps + U(0, jitter) (videos keep one frame per 1/fps).
+    timestamp_jitter_s: float = 0.0
+    version: str = "v3.0"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.units in UNITS, "units", self.units, ", ".join(UNITS)),
+            (self.names in NAME_STYLES, "names", self.names, ", ".join(NAME_STYLES)),
+            (self.action in ACTION_STYLES, "action-names", self.action, ", ".join(ACTION_STYLES)),
+            (self.version in VERSIONS, "version", self.version, ", ".join(VERSIONS)),
+            (self.rest_frames >= 0, "rest-frames", self.rest_frames, "0 or more"),
+        ]
+        for ok, opt, value, allowed in checks:
+            if not ok:
+                raise PiperctlError(f"--{opt} {value!r} is not valid", hint=f"use {allowed}")
+        if not 0.0 <= self.timestamp_jitter_s < 1.0 / self.fps:
+            raise PiperctlError(
+                f"--timestamp-jitter {self.timestamp_jitter_s} is not valid",
+                hint=f"use 0 <= S < 1/fps = {1.0 / self.fps:.4g} s so timestamps still increase",
+            )
+        if self.version == "v2.1" and self.cameras and not self.video:
+            raise PiperctlError(
+                "--version v2.1 writes cameras as MP4 only", hint="drop --no-video, or use --cameras none"
+            )
 
 
 def parse_frames(text: str) -> tuple[int, int]:
@@ -135,8 +179,13 @@ def _min_jerk(t: np.ndarray) -> np.ndarray:
     return 10 * t**3 - 15 * t**4 + 6 * t**5
 
 
-def episode_trajectory(rng: np.random.Generator, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pick-and-place: joint positions (T+1, 7), cube xyz per frame (T, 3), bin xy (2,)."""
+def episode_trajectory(
+    rng: np.random.Generator, n_frames: int, rest: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pick-and-place: joint positions (T+1, 7), cube xyz per frame (T, 3), bin xy (2,).
+
+    With `rest`, the motion starts at the shared HOME pose and returns there at the end.
+    """
     side = rng.choice([-1.0, 1.0])
     obj = np.array([rng.uniform(0.22, 0.38), side * rng.uniform(0.05, 0.2), 0.0])
     place = np.array([rng.uniform(0.2, 0.34), -side * rng.uniform(0.1, 0.22)])
@@ -150,6 +199,8 @@ def episode_trajectory(rng: np.random.Generator, n_frames: int) -> tuple[np.ndar
         1,
         0,
     ]
+    if rest:
+        home = HOME.copy()
 
     def pose(xy: np.ndarray, z: float, grip: float) -> np.ndarray:
         return np.append(inverse_kinematics(float(xy[0]), float(xy[1]), z, roll), grip)
@@ -165,6 +216,8 @@ def episode_trajectory(rng: np.random.Generator, n_frames: int) -> tuple[np.ndar
         (pose(place, 0.05, GRIPPER_OPEN), 0.4),
         (pose(place, 0.14, GRIPPER_OPEN), 0.6),
     ]
+    if rest:
+        waypoints.append((home, 1.2))
     weights = np.array([w for _, w in waypoints[1:]])
     # Segment boundaries in frames; one extra sample so every frame has a "next" command.
     bounds = np.round(np.concatenate([[0], np.cumsum(weights) / weights.sum()]) * n_frames).astype(int)
@@ -173,11 +226,13 @@ def episode_trajectory(rng: np.random.Generator, n_frames: int) -> tuple[np.ndar
         a, b = waypoints[i][0], waypoints[i + 1][0]
         lo, hi = bounds[i], bounds[i + 1] + (1 if i == len(weights) - 1 else 0)
         steps = max(hi - lo, 1)
+        if rest and i == len(weights) - 1:
+            steps = max(hi - lo - 1, 1)  # the last command (q[T]) lands exactly on HOME, where rest begins
         tau = _min_jerk(np.arange(hi - lo) / steps)[:, None]
         q[lo:hi] = a + (b - a) * tau
     # A human teleoperator is never perfectly smooth: add a small low-frequency wobble.
     t = np.arange(n_frames + 1) / n_frames
-    for j in range(6):
+    for j in range(6):  # sin(pi t) vanishes at both ends, so a rest motion still ends at HOME
         q[:, j] += (
             0.01
             * math.sin(2 * math.pi * (rng.uniform(0.5, 2.0) * t[-1]) + rng.uniform(0, 6.28))
@@ -284,11 +339,36 @@ def render(
 # ----------------------------------------------------------------------------------------------
 
 
+def feature_names(cfg: SynthConfig) -> tuple[list[str], list[str]]:
+    """Names of the state and action dimensions for `cfg`'s naming style."""
+    suffix = ".pos" if cfg.names == "pos" else ""
+    state = [n + suffix for n in JOINT_NAMES]
+    action = [n + suffix for n in SO101_NAMES] if cfg.action == "so101" else list(state)
+    return state, action
+
+
+def unit_limits(units: str) -> np.ndarray:
+    """Per-joint [min, max] (7, 2) of the state in `units` (the range every synthesized value lies in)."""
+    return to_units(JOINT_LIMITS.T, units).T
+
+
+def to_units(q: np.ndarray, units: str) -> np.ndarray:
+    """Convert joint positions (..., 7) from radians/metres to `units`."""
+    if units == "degrees":
+        return np.concatenate([np.degrees(q[..., :6]), q[..., 6:] * 1000.0], axis=-1)
+    if units == "percent":
+        lo, hi = JOINT_LIMITS[:6, 0], JOINT_LIMITS[:6, 1]
+        joints = (q[..., :6] - lo) / (hi - lo) * 200.0 - 100.0
+        return np.concatenate([joints, q[..., 6:] / JOINT_LIMITS[6, 1] * 100.0], axis=-1)
+    return q
+
+
 def features_for(cfg: SynthConfig) -> dict:
     """The lerobot feature spec of a synthesized dataset."""
+    state_names, action_names = feature_names(cfg)
     feats: dict = {
-        "observation.state": {"dtype": "float32", "shape": (7,), "names": list(JOINT_NAMES)},
-        "action": {"dtype": "float32", "shape": (7,), "names": list(JOINT_NAMES)},
+        "observation.state": {"dtype": "float32", "shape": (7,), "names": state_names},
+        "action": {"dtype": "float32", "shape": (len(action_names),), "names": action_names},
     }
     h, w = cfg.image_size
     for cam in cfg.cameras:
@@ -298,6 +378,61 @@ def features_for(cfg: SynthConfig) -> dict:
             "names": ["height", "width", "channels"],
         }
     return feats
+
+
+@dataclass
+class Episode:
+    """One synthesized episode: per-frame state, action, pose to render, cube position and its task."""
+
+    task: str
+    state: np.ndarray  # (T, 7) in cfg.units
+    action: np.ndarray  # (T, 7 or 6) in cfg.units
+    pose: np.ndarray  # (T, 7) radians, what the cameras show
+    cube: np.ndarray  # (T, 3)
+    place: np.ndarray  # (2,)
+
+
+def episodes(cfg: SynthConfig) -> Iterator[Episode]:
+    """The episodes of `cfg`, the same for the same seed."""
+    rng = np.random.default_rng(cfg.seed)
+    rest = cfg.rest_frames
+    for _ in range(cfg.episodes):
+        n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
+        task = TASKS[int(rng.integers(len(TASKS)))]
+        q, cube, place = episode_trajectory(rng, n, rest=rest > 0)
+        noise = rng.normal(0.0, 2e-4, size=(n, 7)) * [1, 1, 1, 1, 1, 1, 0.1]
+        state = np.clip(q[:n] + noise, JOINT_LIMITS[:, 0], JOINT_LIMITS[:, 1])
+        action = q[1 : n + 1]
+        pose = q[:n]
+        if rest:
+            # A resting arm reads the same encoder values frame after frame (no noise).
+            home = np.repeat(HOME[None, :], rest, axis=0)
+            state = np.concatenate([home, state, home])
+            action = np.concatenate([home, action, home])
+            pose = np.concatenate([home, pose, home])
+            cube = np.concatenate([np.repeat(cube[:1], rest, 0), cube, np.repeat(cube[-1:], rest, 0)])
+        act = to_units(action, cfg.units)
+        if cfg.action == "so101":
+            act = act[:, SO101_JOINTS]
+        yield Episode(
+            task=task,
+            state=to_units(state, cfg.units).astype(np.float32),
+            action=act.astype(np.float32),
+            pose=pose,
+            cube=cube,
+            place=place,
+        )
+
+
+def jittered_timestamps(cfg: SynthConfig) -> Callable[[int, np.ndarray], np.ndarray]:
+    """Stored timestamps of episode `e` for its frame indices: frame_index / fps + U(0, jitter)."""
+
+    def stamps(episode: int, frame_index: np.ndarray) -> np.ndarray:
+        # An own stream per episode: jitter never changes the state, action or images of a seed.
+        rng = np.random.default_rng([cfg.seed, 1, episode])
+        return frame_index / cfg.fps + rng.uniform(0.0, cfg.timestamp_jitter_s, size=len(frame_index))
+
+    return stamps
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -335,26 +470,33 @@ def synthesize(out: str | Path, cfg: SynthConfig, force: bool = False) -> Path:
             robot_type="piper",
             use_videos=cfg.video,
             image_writer_threads=4 if cfg.cameras and not cfg.video else 0,
+            # v2.1 keeps one MP4 per episode: a tiny size limit makes lerobot start a file per episode.
+            video_files_size_in_mb=1e-9 if cfg.version == "v2.1" else None,
         )
-        rng = np.random.default_rng(cfg.seed)
         with progress_bar("synthesizing episodes", cfg.episodes) as bar:
-            for _ in range(cfg.episodes):
-                n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
-                task = TASKS[int(rng.integers(len(TASKS)))]
-                q, cube, place = episode_trajectory(rng, n)
-                noise = rng.normal(0.0, 2e-4, size=(n, 7)) * [1, 1, 1, 1, 1, 1, 0.1]
-                state = np.clip(q[:n] + noise, JOINT_LIMITS[:, 0], JOINT_LIMITS[:, 1]).astype(np.float32)
-                action = q[1 : n + 1].astype(np.float32)
-                for f in range(n):
-                    frame = {"observation.state": state[f], "action": action[f], "task": task}
+            for ep in episodes(cfg):
+                for f in range(len(ep.state)):
+                    frame = {"observation.state": ep.state[f], "action": ep.action[f], "task": ep.task}
                     for cam in cfg.cameras:
-                        frame[f"observation.images.{cam}"] = render(cam, q[f], cube[f], place, cfg.image_size)
+                        frame[f"observation.images.{cam}"] = render(
+                            cam, ep.pose[f], ep.cube[f], ep.place, cfg.image_size
+                        )
                     ds.add_frame(frame)
                 with silence_native_stderr():
                     ds.save_episode(parallel_encoding=False)
                 bar.update(1)
         with silence_native_stderr():
             ds.finalize()
+        if cfg.timestamp_jitter_s > 0:
+            from piperctl.datasets.timestamps import rewrite_timestamps
+
+            rewrite_timestamps(root, jittered_timestamps(cfg))
+        if cfg.version == "v2.1":
+            from piperctl.datasets.legacy import write_v21
+
+            legacy = staging / "v21"
+            write_v21(root, legacy)
+            root = legacy
         if out.exists():
             shutil.rmtree(out) if force else out.rmdir()
         os.replace(root, out)
