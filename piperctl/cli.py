@@ -270,8 +270,10 @@ def _resume_changes(local: dict[str, Any]) -> dict[str, Any]:
 def train_cmd(
     ctx: typer.Context,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help=TrainConfig.help("output_dir"))],
-    dataset_id: Annotated[str, _opt("dataset_id")] = _default("dataset_id"),
+    dataset_id: Annotated[str | None, _opt("dataset_id")] = _default("dataset_id"),
     dataset_root: Annotated[Path | None, _opt("dataset_root")] = _default("dataset_root"),
+    cameras: Annotated[str | None, _opt("cameras")] = _default("cameras"),
+    tolerance_s: Annotated[float, _opt("tolerance_s", min=0.0)] = _default("tolerance_s"),
     policy: Annotated[str, _opt("policy")] = _default("policy"),
     policy_opt: Annotated[
         list[str] | None,
@@ -342,6 +344,7 @@ def resume_cmd(
     device: Annotated[str | None, _opt("device", rich_help_panel=_RESUME_HELP)] = None,
     eval_every: Annotated[int | None, _opt("eval_every", rich_help_panel=_RESUME_HELP)] = None,
     log_every: Annotated[int | None, _opt("log_every", rich_help_panel=_RESUME_HELP)] = None,
+    tolerance_s: Annotated[float | None, _opt("tolerance_s", min=0.0, rich_help_panel=_RESUME_HELP)] = None,
     allow_dataset_change: Annotated[
         bool, typer.Option(help="Resume even if the dataset's fingerprint changed.")
     ] = False,

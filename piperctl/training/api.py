@@ -28,13 +28,13 @@ from piperctl.checkpoints.manager import (
 from piperctl.console import log
 from piperctl.errors import PiperctlError
 from piperctl.training import distributed
-from piperctl.training.config import DEFAULT_DATASET_ID, TrainConfig, resolve_device
+from piperctl.training.config import TrainConfig, resolve_device
 from piperctl.training.trainer import Trainer, TrainResult
 
 
 def train(
     output_dir: str | Path,
-    dataset_id: str = DEFAULT_DATASET_ID,
+    dataset_id: str | None = None,
     resume_from_checkpoint: str | Path | None = None,
     **options: Any,
 ) -> TrainResult:
@@ -236,5 +236,7 @@ def _restart_before_first_save(
     saved = _merge_changes(run.config, changes)
     saved.pop("output_dir", None)
     cfg = TrainConfig.from_options(run_dir, saved.pop("dataset_id"), saved)
-    log(f"{run_dir} has no checkpoint yet (the run stopped before its first save): starting it again from step 0")
+    log(
+        f"{run_dir} has no checkpoint yet (the run stopped before its first save): starting it again from step 0"
+    )
     return cfg, None, None, run.run_id

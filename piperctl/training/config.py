@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from piperctl.errors import PiperctlError
@@ -29,8 +30,19 @@ class TrainConfig:
     """Everything that defines a training run (stored in every checkpoint's training_state.json)."""
 
     output_dir: str = option("", "Run folder (new or empty).")
-    dataset_id: str = option(DEFAULT_DATASET_ID, "Hub dataset id (or the repo_id of --dataset-root).")
-    dataset_root: str | None = option(None, "Local LeRobot dataset folder.")
+    dataset_id: str | None = option(
+        None,
+        f"Hub dataset id (default {DEFAULT_DATASET_ID}; with --dataset-root: local/<folder name>, never downloaded).",
+    )
+    dataset_root: str | None = option(None, "Local LeRobot v3.0 dataset folder.")
+    cameras: str | None = option(
+        None, "Cameras to train on, by name (e.g. front,wrist; default: all). Others are not read."
+    )
+    tolerance_s: float = option(
+        1e-4,
+        "Allowed error (s) between timestamps and frame_index / fps, as lerobot-train's.",
+        resumable=True,
+    )
     policy: str = option("act", "lerobot policy type: act, diffusion, ...")
     policy_options: dict[str, Any] = option(
         None, "Policy config fields (from --policy-opt / --policy-config).", factory=dict
@@ -71,7 +83,7 @@ class TrainConfig:
         return cls.__dataclass_fields__[name].metadata["help"]
 
     @classmethod
-    def from_options(cls, output_dir: Any, dataset_id: str, options: dict[str, Any]) -> TrainConfig:
+    def from_options(cls, output_dir: Any, dataset_id: str | None, options: dict[str, Any]) -> TrainConfig:
         """A validated config from keyword options (unknown names are refused)."""
         names = set(cls.names()) - {"output_dir", "dataset_id"}
         unknown = sorted(set(options) - names)
@@ -80,10 +92,15 @@ class TrainConfig:
                 f"unknown training option(s): {', '.join(unknown)}", hint=f"valid: {', '.join(sorted(names))}"
             )
         cfg = cls(output_dir=str(output_dir), dataset_id=dataset_id, **options)
-        for name in ("dataset_root", "val_episodes", "init_from"):
+        for name in ("dataset_root", "val_episodes", "init_from", "cameras"):
             value = getattr(cfg, name)
             if value is not None:
                 setattr(cfg, name, str(value))
+        if cfg.dataset_id is None:
+            # A local folder is never looked up on the Hub under someone else's name.
+            cfg.dataset_id = (
+                f"local/{Path(cfg.dataset_root).resolve().name}" if cfg.dataset_root else DEFAULT_DATASET_ID
+            )
         cfg.validate()
         return cfg
 
@@ -107,6 +124,8 @@ class TrainConfig:
             raise PiperctlError(
                 f"--device {self.device!r} is not valid", hint="use auto, cpu, cuda, cuda:N or mps"
             )
+        if not self.tolerance_s >= 0:
+            raise PiperctlError(f"--tolerance-s must be 0 or more (got {self.tolerance_s})")
         if self.lr is not None and not self.lr > 0:
             raise PiperctlError(f"--lr must be positive (got {self.lr})")
 

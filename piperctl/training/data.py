@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
+import json
 import random
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -39,9 +44,67 @@ def open_metadata(dataset_id: str, root: str | Path | None):
         hint = "check the id and your network" if root is None else "check that it is a LeRobot v3.0 dataset"
         if "Offline" in type(e).__name__ or "offline" in str(e).lower():
             hint = "HF_HUB_OFFLINE is set: download it first or pass --dataset-root"
+        raise PiperctlError(f"cannot open {where}: {_first_line(e)}", hint=hint) from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def require_dataset_folder(root: Path) -> None:
+    """Refuse a --dataset-root that is missing or is not a dataset's root folder."""
+    if not root.exists():
+        raise PiperctlError(f"--dataset-root {root} does not exist", hint="pass the dataset's root folder")
+    if not (root / "meta" / "info.json").is_file():
         raise PiperctlError(
-            f"cannot open {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", hint=hint
-        ) from e
+            f"{root} is not a LeRobot dataset (no meta/info.json)",
+            hint="pass the dataset's root folder, or make one with 'piperctl dataset synth'",
+        )
+
+
+def drop_cameras(meta: Any, keep: list[str]) -> list[str]:
+    """Remove the camera features not in `keep` from `meta`, so the policy never sees them; the removed keys."""
+    dropped = [k for k in meta.camera_keys if k not in keep]
+    for key in dropped:
+        meta.info.features.pop(key)
+    return dropped
+
+
+def require_inputs(meta: Any, policy: str, cameras: str | None) -> None:
+    """Refuse, before building it, a vision policy for a dataset left without any camera."""
+    if (
+        policy in ("act", "diffusion")
+        and not meta.camera_keys
+        and "observation.environment_state" not in meta.features
+    ):
+        why = f"--cameras {cameras} leaves none" if cameras else "the dataset has none"
+        raise PiperctlError(
+            f"a {policy} policy needs at least one camera image (or observation.environment_state) and {why}",
+            hint="train on a dataset with a camera, or keep one with --cameras",
+        )
+
+
+def _view_without(root: Path, keys: list[str]) -> Path:
+    """A folder that reads as the dataset at `root` without the video features `keys` (links, not copies).
+
+    lerobot checks every declared video file before reading a local dataset (and downloads from the
+    Hub when one is missing), so a camera left out must be left out of info.json itself.
+    """
+    view = Path(tempfile.mkdtemp(prefix="piperctl-dataset-view-"))
+    atexit.register(shutil.rmtree, view, True)
+    for entry in root.iterdir():
+        if entry.name != "meta":
+            (view / entry.name).symlink_to(entry.resolve())
+    (view / "meta").mkdir()
+    for entry in (root / "meta").iterdir():
+        if entry.name != "info.json":
+            (view / "meta" / entry.name).symlink_to(entry.resolve())
+    info = json.loads((root / "meta" / "info.json").read_text(encoding="utf-8"))
+    for key in keys:
+        info["features"].pop(key, None)
+    (view / "meta" / "info.json").write_text(json.dumps(info, indent=4), encoding="utf-8")
+    return view
 
 
 def check_data_files(root: Path) -> None:
@@ -62,24 +125,43 @@ def check_data_files(root: Path) -> None:
             ) from e
         if rows == 0:
             raise PiperctlError(
-                f"{path} holds no rows", hint="the dataset is damaged: copy or download it again, or re-record it"
+                f"{path} holds no rows",
+                hint="the dataset is damaged: copy or download it again, or re-record it",
             )
 
 
-def open_dataset(dataset_id: str, root: str | Path | None, delta_timestamps: dict | None):
-    """A LeRobotDataset over all episodes (training and validation are chosen by samplers)."""
+def open_dataset(
+    dataset_id: str,
+    root: str | Path | None,
+    delta_timestamps: dict | None,
+    tolerance_s: float = 1e-4,
+    drop: list[str] | None = None,
+):
+    """A LeRobotDataset over all episodes (training and validation are chosen by samplers).
+
+    `drop`: camera features left out (see `drop_cameras`); their video files are never opened.
+    """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from piperctl.quiet import video_backend
 
+    read_from = root
     if root is not None:
         check_data_files(Path(root))
+        info = json.loads((Path(root) / "meta" / "info.json").read_text(encoding="utf-8"))
+        videos = [k for k in drop or [] if info["features"].get(k, {}).get("dtype") == "video"]
+        if videos:
+            read_from = _view_without(Path(root), videos)
     try:
         return LeRobotDataset(
-            dataset_id, root=root, delta_timestamps=delta_timestamps, video_backend=video_backend()
+            dataset_id,
+            root=read_from,
+            delta_timestamps=delta_timestamps,
+            tolerance_s=tolerance_s,
+            video_backend=video_backend(),
         )
     except Exception as e:  # noqa: BLE001
-        raise PiperctlError(f"cannot load dataset {root or dataset_id}: {str(e).splitlines()[0]}") from e
+        raise PiperctlError(f"cannot load dataset {root or dataset_id}: {_first_line(e)}") from e
 
 
 def fingerprint(meta) -> str:

@@ -82,6 +82,7 @@ class Trainer:
     # the data
     meta: Any
     fingerprint: str
+    dropped_cameras: list[str]  # cameras of the dataset left out by --cameras
     train_episodes: list[int]
     val_episodes: list[int]
     dataset: Any
@@ -143,8 +144,21 @@ class Trainer:
             rng.seed_everything(rng.derive_seed(self.cfg.seed, self.dist.rank))
 
     def _open_metadata(self) -> None:
+        from piperctl.datasets import inspect
+
         cfg = self.cfg
-        self.meta = data.open_metadata(cfg.dataset_id, cfg.dataset_root)
+        root = Path(cfg.dataset_root) if cfg.dataset_root else None
+        if root is not None:
+            data.require_dataset_folder(root)
+            inspect.require_v30(root)
+        self.meta = data.open_metadata(cfg.dataset_id, root)
+        cameras = inspect.select_cameras(self.meta.root, cfg.cameras)
+        if root is not None:
+            # Everything lerobot would otherwise fetch from the Hub, or reject at the first step.
+            inspect.require_files(root, cameras=[k for k in cameras if k in self.meta.video_keys])
+            inspect.require_consistent_timestamps(root, fps=self.meta.fps, tolerance_s=cfg.tolerance_s)
+        self.dropped_cameras = data.drop_cameras(self.meta, cameras)
+        data.require_inputs(self.meta, cfg.policy, cfg.cameras)
         self.fingerprint = data.fingerprint(self.meta)
         self.val_episodes = data.parse_val_episodes(cfg.val_episodes, self.meta.total_episodes)
         held_out = set(self.val_episodes)
@@ -273,7 +287,9 @@ class Trainer:
 
         cfg, dist = self.cfg, self.dist
         delta = resolve_delta_timestamps(self.policy_cfg, self.meta)
-        self.dataset = data.open_dataset(cfg.dataset_id, cfg.dataset_root, delta)
+        self.dataset = data.open_dataset(
+            cfg.dataset_id, cfg.dataset_root, delta, tolerance_s=cfg.tolerance_s, drop=self.dropped_cameras
+        )
         drop_last_frames = int(getattr(self.policy_cfg, "drop_n_last_frames", 0) or 0)
         inner = data.make_sampler(
             self.meta, self.train_episodes, shuffle=True, seed=cfg.seed, drop_n_last_frames=drop_last_frames
