@@ -6,6 +6,10 @@ SHORT and LONG steps, and steps/s = (LONG - SHORT) / (time(LONG) - time(SHORT)).
 stall is measured the same way: a LONG run that saves every SAVE_EVERY steps against one that saves
 once.
 
+The loop's stall per save is measured inside the process (the time `Trainer.save_checkpoint` keeps
+the loop waiting) for background saves (the default) and synchronous ones (`--sync-save`), on the
+same run; their ratio is the figure issue 14 asks for (goal <= 0.10).
+
 Usage: .venv/bin/python bench/train_throughput.py [--quick]
 """
 
@@ -35,12 +39,85 @@ def run(cmd: list[str]) -> float:
     return elapsed
 
 
+def stall_probe(
+    out: str,
+    data: str,
+    steps: int,
+    save_every: int,
+    policy: dict,
+    sync: bool,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> None:
+    """(Run in a child process.) Train, timing every save_checkpoint call; print the stalls as JSON."""
+    import json
+
+    from piperctl import train
+    from piperctl.training.trainer import Trainer
+
+    stalls: list[float] = []
+    original = Trainer.save_checkpoint
+
+    def timed(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - a transparent wrapper
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            stalls.append(time.perf_counter() - t0)
+
+    Trainer.save_checkpoint = timed
+    t0 = time.perf_counter()
+    train(
+        out,
+        dataset_root=data,
+        steps=steps,
+        save_every=save_every,
+        keep_last=2,
+        device=device,
+        precision=precision,
+        num_workers=2,
+        async_save=not sync,
+        policy_options={k: (None if v == "null" else v) for k, v in policy.items()},
+    )
+    print(json.dumps({"stalls": stalls, "wall_s": time.perf_counter() - t0}))
+
+
+def measure_stalls(
+    data: Path, policy: dict, steps: int, save_every: int, device: str = "cpu", precision: str = "fp32"
+) -> dict[str, list[float]]:
+    """Stall of each save inside the loop, background vs synchronous saves, same run otherwise."""
+    import json
+
+    result = {}
+    for mode in ("background", "sync"):
+        out = WORK / f"stall_{mode}"
+        args = [str(out), str(data), steps, save_every, json.dumps(policy), mode == "sync", device, precision]
+        code = (
+            f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); from train_throughput import stall_probe; "
+            f"a = {args!r}; stall_probe(a[0], a[1], a[2], a[3], json.loads(a[4]), a[5], a[6], a[7])"
+        )
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(WORK / "hf_cache")}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            sys.exit(f"stall probe failed:\n{res.stderr[-3000:]}")
+        result[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
     """Run both trainers side by side and print steps/s, the ratio and the save stall."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small policy and few steps (smoke run)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--num-workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="piperctl's --precision; lerobot-train gets --policy.use_amp=true for bf16/fp16 "
+        "(its only switch for ACT: fp16 on CUDA, bf16 on CPU)",
+    )
     args = ap.parse_args()
 
     short, long_, save_every = (4, 12, 4) if args.quick else (10, 40, 10)
@@ -87,7 +164,9 @@ def main() -> None:
             "--num-workers",
             str(common["workers"]),
             "--device",
-            "cpu",
+            args.device,
+            "--precision",
+            args.precision,
             "--keep-last",
             "0",
         ]
@@ -102,7 +181,8 @@ def main() -> None:
             f"--dataset.root={data}",
             "--policy.type=act",
             "--policy.push_to_hub=false",
-            "--policy.device=cpu",
+            f"--policy.device={args.device}",
+            f"--policy.use_amp={'false' if args.precision == 'fp32' else 'true'}",
             f"--steps={steps}",
             f"--save_freq={steps}",
             f"--batch_size={common['batch']}",
@@ -115,7 +195,8 @@ def main() -> None:
         return run(cmd)
 
     print(
-        f"ACT{' (small)' if args.quick else ' (default size)'}, batch {args.batch_size}, {args.num_workers} workers, "
+        f"ACT{' (small)' if args.quick else ' (default size)'} on {args.device} in {args.precision}, "
+        f"batch {args.batch_size}, {args.num_workers} workers, "
         f"steps {short} and {long_}",
         flush=True,
     )
@@ -144,7 +225,19 @@ def main() -> None:
     ckpt = next((WORK / "pc_saves").glob("checkpoint-*"))
     size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     print(
-        f"checkpoint save stall (atomic + fsync + sha256 manifest): {stall:.2f} s per save ({size / 1e6:.0f} MB checkpoint)"
+        f"checkpoint save cost, whole process (atomic + fsync + sha256 manifest): {stall:.2f} s per save "
+        f"({size / 1e6:.0f} MB checkpoint)"
+    )
+    stalls = measure_stalls(data, policy, long_, save_every, args.device, args.precision)
+    # The last save is the end of training (it waits for the write): the loop's stall is in the others.
+    bg, sync = (stalls[m]["stalls"][:-1] for m in ("background", "sync"))
+    bg_mean, sync_mean = sum(bg) / len(bg), sum(sync) / len(sync)
+    print(f"loop stall per save, synchronous : {sync_mean:.3f} s  ({', '.join(f'{x:.2f}' for x in sync)})")
+    print(f"loop stall per save, background  : {bg_mean:.3f} s  ({', '.join(f'{x:.2f}' for x in bg)})")
+    print(f"stall ratio (background / synchronous): {bg_mean / sync_mean:.3f} (goal <= 0.10)")
+    print(
+        f"wall time of the {long_}-step run: background {stalls['background']['wall_s']:.1f} s, "
+        f"synchronous {stalls['sync']['wall_s']:.1f} s"
     )
 
 

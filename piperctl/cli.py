@@ -300,6 +300,15 @@ def train_cmd(
     allow_dataset_change: Annotated[
         bool, typer.Option(help="With --resume-from-checkpoint: accept a changed dataset.")
     ] = _default("allow_dataset_change"),
+    precision: Annotated[str | None, _opt("precision")] = _default("precision"),
+    grad_accum: Annotated[int, _opt("grad_accum")] = _default("grad_accum"),
+    augment: Annotated[bool, _opt("augment")] = _default("augment"),
+    augment_config: Annotated[Path | None, _opt("augment_config")] = _default("augment_config"),
+    tracker: Annotated[str | None, _opt("tracker")] = _default("tracker"),
+    async_save: Annotated[
+        bool, typer.Option("--async-save/--sync-save", help=TrainConfig.help("async_save"))
+    ] = (_default("async_save")),
+    deterministic: Annotated[bool, _opt("deterministic")] = _default("deterministic"),
     num_processes: Annotated[int, typer.Option(help=_NUM_PROCESSES_HELP, min=1)] = 1,
 ) -> None:
     """Train a LeRobot policy, saving verified checkpoint-N folders as it goes."""
@@ -345,6 +354,21 @@ def resume_cmd(
     eval_every: Annotated[int | None, _opt("eval_every", rich_help_panel=_RESUME_HELP)] = None,
     log_every: Annotated[int | None, _opt("log_every", rich_help_panel=_RESUME_HELP)] = None,
     tolerance_s: Annotated[float | None, _opt("tolerance_s", min=0.0, rich_help_panel=_RESUME_HELP)] = None,
+    tracker: Annotated[str | None, _opt("tracker", rich_help_panel=_RESUME_HELP)] = None,
+    async_save: Annotated[
+        bool | None,
+        typer.Option(
+            "--async-save/--sync-save", help=TrainConfig.help("async_save"), rich_help_panel=_RESUME_HELP
+        ),
+    ] = None,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option(
+            "--deterministic/--no-deterministic",
+            help=TrainConfig.help("deterministic"),
+            rich_help_panel=_RESUME_HELP,
+        ),
+    ] = None,
     allow_dataset_change: Annotated[
         bool, typer.Option(help="Resume even if the dataset's fingerprint changed.")
     ] = False,

@@ -46,4 +46,6 @@ def from_os_error(e: OSError) -> PiperctlError:
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     what = e.strerror or str(e) or type(e).__name__
     message = f"{where}: {what}" if where else what
-    return PiperctlError(message[0].lower() + message[1:] if message else message, hint=_OS_HINTS.get(e.errno or 0))
+    return PiperctlError(
+        message[0].lower() + message[1:] if message else message, hint=_OS_HINTS.get(e.errno or 0)
+    )

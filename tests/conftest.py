@@ -90,7 +90,7 @@ def one_error_line(err: str, *, after_logs: bool = False, ignore: tuple[str, ...
     assert lines and "Traceback" not in err, err
     if not after_logs:
         assert len(lines) == 1, err
-    assert lines[-1].startswith("error:"), err
+    assert lines[-1].startswith("error:") and sum(ln.startswith("error:") for ln in lines) == 1, err
     return lines[-1]
 
 

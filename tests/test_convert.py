@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from piperctl.datasets.inspect import check_timestamps, dataset_version
-from tests.conftest import run_cli
+from tests.conftest import one_error_line, run_cli
 from tests.dataset_builders import copy, load, snapshot, tiny
 
 
@@ -29,16 +29,6 @@ def v21_jitter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(".piperctl-tmp-"))
-
-
-def _one_error_line(err: str, work_started: bool = False) -> str:
-    """The single error line; before any work starts it is all of stderr, later it follows progress lines."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    if not work_started:
-        assert len(lines) == 1, err
-    assert lines[-1].startswith("error: ") and sum(ln.startswith("error:") for ln in lines) == 1, err
-    assert "Traceback" not in err
-    return lines[-1]
 
 
 def test_convert_v21_loads_passes_leakage_and_keeps_the_data(v21: Path, tmp_path: Path, capsys) -> None:
@@ -104,7 +94,7 @@ def test_failure_mid_way_keeps_an_existing_out_with_force(
     (out / "mine.txt").write_text("precious")
     monkeypatch.setattr(conv, "convert_tasks", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
     code, _, err = run_cli(["dataset", "convert", v21, out, "--force"], capsys)
-    line = _one_error_line(err, work_started=True)
+    line = one_error_line(err, after_logs=True)
     assert code == 2 and "No space left" in line and "OUT was left as it was" in line
     assert (out / "mine.txt").read_text() == "precious"
     assert _leftovers(tmp_path) == []
@@ -115,7 +105,7 @@ def test_out_not_empty_needs_force(v21: Path, tmp_path: Path, capsys) -> None:
     out.mkdir()
     (out / "x").write_text("x")
     code, _, err = run_cli(["dataset", "convert", v21, out], capsys)
-    assert code == 2 and f"{out} is not empty" in _one_error_line(err) and "--force" in err
+    assert code == 2 and f"{out} is not empty" in one_error_line(err) and "--force" in err
     assert (out / "x").exists()
     code, _, err = run_cli(["dataset", "convert", v21, out, "--force"], capsys)
     assert code == 0, err
@@ -124,20 +114,20 @@ def test_out_not_empty_needs_force(v21: Path, tmp_path: Path, capsys) -> None:
 
 def test_out_inside_src_is_refused(v21: Path, capsys) -> None:
     code, _, err = run_cli(["dataset", "convert", v21, v21 / "converted"], capsys)
-    assert code == 2 and "overlaps SRC" in _one_error_line(err)
+    assert code == 2 and "overlaps SRC" in one_error_line(err)
     assert not (v21 / "converted").exists()
 
 
 def test_v30_src_is_refused_without_a_repair(synth_dataset: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["dataset", "convert", synth_dataset, tmp_path / "o"], capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and "already LeRobot v3.0" in line and "--retime" in line
     assert not (tmp_path / "o").exists()
 
 
 def test_hub_id_offline_is_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = run_cli(["dataset", "convert", "someone/no_such_dataset", tmp_path / "o"], capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2 and "someone/no_such_dataset" in line and "offline" in line
 
 
@@ -148,7 +138,7 @@ def test_missing_camera_folder_is_listed_before_any_work(v21: Path, tmp_path: Pa
     shutil.rmtree(src / "videos/chunk-000/observation.images.wrist")
     (src / "videos/chunk-000/observation.images.front/episode_000001.mp4").unlink()
     code, _, err = run_cli(["dataset", "convert", src, tmp_path / "o"], capsys)
-    line = _one_error_line(err)
+    line = one_error_line(err)
     assert code == 2
     assert (
         "camera front: 1 of 3 video files missing, first: "
@@ -211,7 +201,7 @@ def test_retime_refused_when_a_video_lacks_frames(v21_jitter: Path, tmp_path: Pa
     table = pq.read_table(data)
     pq.write_table(table.slice(0, table.num_rows - 1), data)  # one row fewer than the video has frames
     code, _, err = run_cli(["dataset", "convert", src, tmp_path / "o", "--retime"], capsys)
-    line = _one_error_line(err, work_started=True)  # after the video check's progress lines
+    line = one_error_line(err, after_logs=True)  # after the video check's progress lines
     assert code == 2 and "cannot retime" in line and "episode 1, camera front" in line
     assert f"{table.num_rows} video frames for {table.num_rows - 1} data rows" in line
     assert not (tmp_path / "o").exists() and _leftovers(tmp_path) == []

@@ -153,7 +153,9 @@ class TrainingState:
     feature_shapes: dict[str, list[int]] = field(default_factory=dict)
     dataset: DatasetInfo | None = None
     scheduler: dict | None = None
+    scaler: dict | None = None  # fp16 loss scaler
     world_size: int = 1
+    grad_accum: int = 1
     batch_size_per_process: int | None = None
     effective_batch_size: int | None = None
     lr_schedule: dict | None = None
@@ -221,7 +223,9 @@ class TrainingState:
             if isinstance(dataset, dict)
             else None,
             scheduler=data.get("scheduler"),
+            scaler=data.get("scaler"),
             world_size=int(data.get("world_size") or 1),
+            grad_accum=int(data.get("grad_accum") or 1),
             batch_size_per_process=data.get("batch_size_per_process"),
             effective_batch_size=data.get("effective_batch_size"),
             lr_schedule=data.get("lr_schedule"),

@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from piperctl.checkpoints.integrity import (
     publish,
     scan_checkpoint,
 )
-from piperctl.console import log
+from piperctl.console import is_interactive, log
 from piperctl.errors import PiperctlError
 from piperctl.faults import maybe_crash
 
@@ -54,6 +55,8 @@ class CheckpointManager:
         self.last: Path | None = None
         # The checkpoint a resume started from is kept until a newer one exists, even past keep_last.
         self.protect: Path | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[Path] | None = None
 
     def should_save(self, step: int) -> bool:
         """True at every `save_every`-th step and at the last step."""
@@ -72,7 +75,31 @@ class CheckpointManager:
             log(f"removed old checkpoint {old.name} (--keep-last {self.keep_last})")
         self.protect = None
         self.last = path
+        if not is_interactive():  # on a terminal the progress bar shows the newest checkpoint
+            log(f"saved {path}")
         return path
+
+    def save_in_background(self, step: int, write_files: Callable[[Path], None]) -> None:
+        """`save` in a background thread; at most one save is in flight (this waits for the previous one).
+
+        `write_files` must only read state the caller no longer changes (a copy). A failed save
+        surfaces at the next `wait` or `raise_if_failed`; a crash of the process leaves only complete
+        checkpoints (the unfinished one is a temporary folder, removed at the next start).
+        """
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piperctl-save")
+        self._pending = self._pool.submit(self.save, step, write_files)
+
+    def wait(self) -> Path | None:
+        """Wait for the save in flight, if any; its checkpoint, or its error raised here."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def raise_if_failed(self) -> None:
+        """Raise the error of a background save that has already failed (no waiting)."""
+        if self._pending is not None and self._pending.done() and self._pending.exception() is not None:
+            self.wait()
 
     def save_final(self, step: int, write_files: Callable[[Path], None]) -> None:
         """Publish the final model files into the run folder itself, sealed by their own manifest."""

@@ -29,6 +29,7 @@ from piperctl.console import log
 from piperctl.errors import PiperctlError
 from piperctl.training import distributed
 from piperctl.training.config import TrainConfig, resolve_device
+from piperctl.training.precision import resolve_precision
 from piperctl.training.trainer import Trainer, TrainResult
 
 
@@ -48,7 +49,10 @@ def train(
     lock = RunLock()
     with distributed.errors_once():
         cfg = TrainConfig.from_options(output_dir, dataset_id, options)
-        dist = distributed.init(lambda: resolve_device(cfg.device))
+        cfg.precision = resolve_precision(
+            cfg.precision, cfg.policy, cfg.policy_options, resolve_device(cfg.device)
+        )
+        dist = distributed.init(lambda: resolve_device(cfg.device), cfg.precision)
         run_dir = Path(cfg.output_dir)
 
         def claim() -> None:
@@ -75,7 +79,11 @@ def resume(
     """
     lock = RunLock()
     with distributed.errors_once():
-        dist = distributed.init(lambda: resolve_device(changes.get("device") or _saved_device(path)))
+        saved = _saved_config(path)
+        dist = distributed.init(
+            lambda: resolve_device(changes.get("device") or _saved_device(saved)),
+            saved.get("precision") or "fp32",
+        )
         try:
             # Rank 0 takes the run's lock, checks the checkpoint (hashing it once, not once per rank)
             # and hands the verdict round.
@@ -110,18 +118,32 @@ def _refuse_existing_run(run_dir: Path) -> None:
         raise PiperctlError(f"--output-dir {run_dir} is not empty", hint="choose a new or empty folder")
 
 
-def _saved_device(path: str | Path) -> str:
-    """The device a checkpoint (or a run's newest checkpoint) trains on, read without verifying it."""
+def _saved_config(path: str | Path) -> dict[str, Any]:
+    """The options of a checkpoint (or of a run's newest checkpoint), read without verifying it.
+
+    Only hints for joining the process group (device, precision): the checkpoint is verified afterwards.
+    """
     path = Path(path)
     folders = [path] if (path / TRAINING_STATE).is_file() else list_checkpoints(path)[::-1]
     for folder in folders:
         try:
-            device = json.loads((folder / TRAINING_STATE).read_text(encoding="utf-8"))["config"]["device"]
+            config = json.loads((folder / TRAINING_STATE).read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        # Only a hint for choosing the process group's backend: the checkpoint is verified afterwards.
-        if device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:"):
-            return str(device)
+        if isinstance(config, dict):
+            return config
+    run = path / RUN_FILE
+    try:
+        config = json.loads(run.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        config = None
+    return config if isinstance(config, dict) else {}
+
+
+def _saved_device(config: dict[str, Any]) -> str:
+    device = config.get("device")
+    if device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:"):
+        return str(device)
     return "auto"
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from piperctl.errors import PiperctlError
 
 DEFAULT_DATASET_ID = "ISdept/piper_arm"
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 
 
 def option(default: Any, help: str, *, resumable: bool = False, factory: Any = None) -> Any:
@@ -60,6 +61,23 @@ class TrainConfig:
     log_every: int = option(1, "Write metrics.jsonl every K steps.", resumable=True)
     init_from: str | None = option(None, "Start from this checkpoint's weights (fresh optimizer, step 0).")
     allow_dataset_change: bool = option(False, "On resume: accept a changed dataset.")
+    precision: str | None = option(
+        None, "fp32, bf16 or fp16 (default: from the policy config's use_amp/dtype, as lerobot-train)."
+    )
+    grad_accum: int = option(1, "Micro-batches per optimizer step (effective batch = batch x processes x N).")
+    augment: bool = option(False, "Augment training images with lerobot's image transforms (their defaults).")
+    augment_config: str | None = option(
+        None, "TOML or JSON file of lerobot ImageTransformsConfig fields (implies --augment)."
+    )
+    tracker: str | None = option(
+        None, "Also log to tensorboard, wandb, trackio or mlflow (install that package).", resumable=True
+    )
+    async_save: bool = option(
+        True, "Write checkpoints in the background while training goes on.", resumable=True
+    )
+    deterministic: bool = option(
+        False, "Use torch's deterministic algorithms (exact resume on CUDA; slower).", resumable=True
+    )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -92,7 +110,7 @@ class TrainConfig:
                 f"unknown training option(s): {', '.join(unknown)}", hint=f"valid: {', '.join(sorted(names))}"
             )
         cfg = cls(output_dir=str(output_dir), dataset_id=dataset_id, **options)
-        for name in ("dataset_root", "val_episodes", "init_from", "cameras"):
+        for name in ("dataset_root", "val_episodes", "init_from", "cameras", "augment_config"):
             value = getattr(cfg, name)
             if value is not None:
                 setattr(cfg, name, str(value))
@@ -101,6 +119,8 @@ class TrainConfig:
             cfg.dataset_id = (
                 f"local/{Path(cfg.dataset_root).resolve().name}" if cfg.dataset_root else DEFAULT_DATASET_ID
             )
+        if cfg.augment_config is not None:
+            cfg.augment = True
         cfg.validate()
         return cfg
 
@@ -110,7 +130,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse nonsensical values with one clear line each."""
-        for name in ("steps", "batch_size", "save_every", "log_every"):
+        for name in ("steps", "batch_size", "save_every", "log_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise PiperctlError(
                     f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})"
@@ -123,6 +143,12 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise PiperctlError(
                 f"--device {self.device!r} is not valid", hint="use auto, cpu, cuda, cuda:N or mps"
+            )
+        if self.precision not in (None, "fp32", "bf16", "fp16"):
+            raise PiperctlError(f"--precision {self.precision!r} is not valid", hint="use fp32, bf16 or fp16")
+        if self.tracker not in (None, *TRACKERS):
+            raise PiperctlError(
+                f"--tracker {self.tracker!r} is not valid", hint=f"use one of: {', '.join(TRACKERS)}"
             )
         if not self.tolerance_s >= 0:
             raise PiperctlError(f"--tolerance-s must be 0 or more (got {self.tolerance_s})")

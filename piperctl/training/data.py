@@ -55,7 +55,10 @@ def _first_line(e: BaseException) -> str:
 def require_dataset_folder(root: Path) -> None:
     """Refuse a --dataset-root that is missing or is not a dataset's root folder."""
     if not root.exists():
-        raise PiperctlError(f"--dataset-root {root} does not exist", hint="pass the dataset's root folder")
+        raise PiperctlError(
+            f"{root} is not a LeRobot dataset (the folder does not exist)",
+            hint="pass the dataset's root folder",
+        )
     if not (root / "meta" / "info.json").is_file():
         raise PiperctlError(
             f"{root} is not a LeRobot dataset (no meta/info.json)",
@@ -273,9 +276,13 @@ class SeededDataset(torch.utils.data.Dataset):
     same in a worker or the main process, with any number of workers, before and after a resume.
     """
 
-    def __init__(self, dataset, seed: int) -> None:
+    def __init__(
+        self, dataset, seed: int, transform: Any = None, camera_keys: list[str] | tuple[str, ...] = ()
+    ) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.transform = transform
+        self.camera_keys = tuple(camera_keys)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -283,7 +290,13 @@ class SeededDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         with isolated_rng(derive_seed(self.seed, epoch + 1, index)):
-            return self.dataset[index]
+            item = self.dataset[index]
+            if self.transform is not None:
+                # As lerobot applies image_transforms: each camera's frame (or stack of frames).
+                for cam in self.camera_keys:
+                    if cam in item:
+                        item[cam] = self.transform(item[cam])
+            return item
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -350,6 +363,39 @@ class DataPosition:
     offset: int = 0
 
 
+def image_transforms(enabled: bool, config_file: str | None = None) -> Any:
+    """lerobot's ImageTransforms (defaults, or the fields of a TOML/JSON file), or None when not enabled."""
+    if not enabled:
+        return None
+    import tomllib
+
+    import draccus
+    from lerobot.transforms.transforms import ImageTransforms, ImageTransformsConfig
+
+    fields: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+            fields = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except FileNotFoundError as e:
+            raise PiperctlError(f"--augment-config {path} does not exist") from e
+        except (OSError, ValueError) as e:
+            raise PiperctlError(f"--augment-config {path} is not valid TOML/JSON ({_first_line(e)})") from e
+        if not isinstance(fields, dict):
+            raise PiperctlError(
+                f"--augment-config {path} must hold a table/object of ImageTransformsConfig fields"
+            )
+    try:
+        cfg = draccus.decode(ImageTransformsConfig, {**fields, "enable": True})
+        return ImageTransforms(cfg)
+    except Exception as e:  # noqa: BLE001 - draccus and torchvision raise many types for bad fields
+        raise PiperctlError(
+            f"--augment-config {config_file}: {_first_line(e)}",
+            hint="see lerobot's ImageTransformsConfig for the fields (max_num_transforms, tfs, ...)",
+        ) from e
+
+
 def make_sampler(meta, episodes: list[int], shuffle: bool, seed: int, drop_n_last_frames: int = 0):
     """lerobot's episode-aware sampler over `episodes`, shuffled per epoch from (seed, epoch)."""
     from lerobot.datasets.sampler import EpisodeAwareSampler
@@ -364,10 +410,18 @@ def make_sampler(meta, episodes: list[int], shuffle: bool, seed: int, drop_n_las
     )
 
 
-def make_loader(dataset, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool):
-    """A DataLoader over `(epoch, index)` keys; workers persist across epochs."""
+def make_loader(
+    dataset,
+    sampler: EpochSampler,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    transform: Any = None,
+    camera_keys: list[str] | tuple[str, ...] = (),
+):
+    """A DataLoader over `(epoch, index)` keys; workers persist across epochs; `transform` augments cameras."""
     return torch.utils.data.DataLoader(
-        SeededDataset(dataset, sampler.inner.seed),
+        SeededDataset(dataset, sampler.inner.seed, transform, camera_keys),
         sampler=sampler,
         batch_size=batch_size,
         num_workers=num_workers,

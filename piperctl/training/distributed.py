@@ -95,6 +95,14 @@ class Dist:
                 exit_code=1,
             ) from e
 
+    def no_sync(self, model: torch.nn.Module, skip: bool) -> Any:
+        """With `skip`, a context in which DDP does not all-reduce gradients (a micro-batch before the last)."""
+        from contextlib import nullcontext
+
+        if self.accelerator is None or not skip:
+            return nullcontext()
+        return self.accelerator.no_sync(model)
+
     def all_gather(self, obj: T) -> list[T]:
         """Every rank's `obj`, in rank order, on every rank (small picklable objects only)."""
         if self.accelerator is None:
@@ -187,11 +195,12 @@ class Dist:
             self.accelerator.end_training()
 
 
-def init(device: Callable[[], str]) -> Dist:
+def init(device: Callable[[], str], precision: str = "fp32") -> Dist:
     """Join the process group a launcher set up (or run alone); `device()` names the device to use.
 
     `device` is only called with several processes: it picks the backend (gloo on CPU, NCCL on
-    CUDA), and each process then uses its own GPU (`cuda:LOCAL_RANK`).
+    CUDA), and each process then uses its own GPU (`cuda:LOCAL_RANK`). `precision` (fp32, bf16,
+    fp16) becomes accelerate's mixed_precision.
     """
     if env_world_size() == 1:
         return Dist()
@@ -216,8 +225,13 @@ def init(device: Callable[[], str]) -> Dist:
     # Like lerobot-train: policies may leave parameters unused in a step (conditional computation).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     try:
+        from piperctl.training.precision import ACCELERATE_NAMES
+
         accelerator = Accelerator(
-            cpu=name == "cpu", kwargs_handlers=[ddp], step_scheduler_with_optimizer=False
+            cpu=name == "cpu",
+            kwargs_handlers=[ddp],
+            step_scheduler_with_optimizer=False,
+            mixed_precision=ACCELERATE_NAMES[precision],
         )
     except (RuntimeError, ValueError) as e:
         raise PiperctlError(

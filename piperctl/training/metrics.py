@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from piperctl.checkpoints.atomic import atomic_write_text
 from piperctl.checkpoints.format import read_metrics
@@ -20,16 +21,26 @@ class MetricsLog:
             kept = [r for r in rows if r["step"] <= truncate_after]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.tracker: Any = None
+
+    def add_tracker(self, tracker: Any) -> None:
+        """Also send every record to an experiment tracker (see piperctl.training.trackers)."""
+        self.tracker = tracker
 
     def write(self, record: dict) -> None:
         """Append one record and flush it, so a crash loses at most the line being written."""
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Close the file and finish the tracker run (idempotent)."""
         if not self._file.closed:
             self._file.close()
+        if self.tracker is not None:
+            tracker, self.tracker = self.tracker, None
+            tracker.finish()
 
 
 def plot_loss_curve(metrics_path: Path, out: Path) -> Path | None:
@@ -63,6 +74,9 @@ def plot_loss_curve(metrics_path: Path, out: Path) -> Path | None:
 
 class NoMetrics:
     """metrics.jsonl stand-in on the ranks that do not write files."""
+
+    def add_tracker(self, tracker: Any) -> None:
+        """Only rank 0 logs to trackers."""
 
     def write(self, record: dict) -> None:
         """Drop the record (rank 0 writes the mean over ranks)."""

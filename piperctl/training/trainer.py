@@ -8,9 +8,11 @@ due, let the `CheckpointManager` save when due, stop cleanly on a signal.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from piperctl.training import data, rng
 from piperctl.training.config import TrainConfig, resolve_device
 from piperctl.training.distributed import Dist
 from piperctl.training.metrics import MetricsLog, NoMetrics, Rate, plot_loss_curve
+from piperctl.training.precision import Precision
 from piperctl.training.signals import StopFlag
 
 
@@ -99,6 +102,7 @@ class Trainer:
     postprocessor: Any
     optimizer: Any
     scheduler: Any | None
+    precision: Precision
     grad_clip_norm: float
     lr_schedule: dict
     # where the run stands
@@ -120,12 +124,19 @@ class Trainer:
         self.samples_seen = 0
         self.position = data.DataPosition()
         self.resumed_from = None
+        self._shadow: torch.nn.Module | None = None
 
     # -- setup -----------------------------------------------------------------------------------
 
     def setup(self, start: tuple[Path, TrainingState] | None) -> None:
         """Open the dataset and build policy, processors and optimizer: fresh, or as checkpoint `start` left them."""
         self.device = self.dist.device or resolve_device(self.cfg.device)
+        self.precision = Precision(self.cfg.precision or "fp32", self.device, self.dist.accelerator)
+        if self.cfg.deterministic:
+            # cuBLAS needs a fixed workspace for reproducible results (read when CUDA starts).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(self.cfg.deterministic)
         if self.dist.is_main:
             removed = self.ckpts.clean_stale()
             if removed:
@@ -210,6 +221,7 @@ class Trainer:
         self.preprocessor, self.postprocessor = load_processors(self.policy_cfg, folder, self.device)
         self._make_optimizer()
         self._load_optimizer(folder)
+        self.precision.load_state_dict(state.scaler)
         if self.scheduler is not None and state.scheduler is not None:
             self.scheduler.load_state_dict(state.scheduler)
         self.step = state.step
@@ -302,7 +314,17 @@ class Trainer:
                 hint="lower --batch-size or use fewer processes",
             )
         pin = self.device.startswith("cuda")
-        self.loader = data.make_loader(self.dataset, self.sampler, cfg.batch_size, cfg.num_workers, pin)
+        # Augmentation touches training batches only, never validation.
+        transform = data.image_transforms(cfg.augment, cfg.augment_config)
+        self.loader = data.make_loader(
+            self.dataset,
+            self.sampler,
+            cfg.batch_size,
+            cfg.num_workers,
+            pin,
+            transform=transform,
+            camera_keys=self.meta.camera_keys,
+        )
         self.epoch_len = len(inner)
         self.val_loader = None
         if self.val_episodes:
@@ -336,7 +358,12 @@ class Trainer:
         """One stretch of the run with a fixed number of processes (from `state` if given)."""
         world = state.world_size if state else self.dist.world_size
         per_process = self.cfg.batch_size
-        effective = (state.effective_batch_size or per_process * world) if state else per_process * world
+        accum = self.cfg.grad_accum
+        effective = (
+            (state.effective_batch_size or per_process * world * accum)
+            if state
+            else per_process * world * accum
+        )
         return {
             "from_step": from_step,
             "world_size": world,
@@ -394,7 +421,9 @@ class Trainer:
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             world_size=self.dist.world_size,
             batch_size_per_process=self.cfg.batch_size,
-            effective_batch_size=self.cfg.batch_size * self.dist.world_size,
+            effective_batch_size=self.effective_batch,
+            grad_accum=self.cfg.grad_accum,
+            scaler=self.precision.state_dict(),
             lr_schedule=self.lr_schedule,
             topology=self.topology,
             versions=_versions(),
@@ -410,28 +439,63 @@ class Trainer:
         self._write_model(folder)
         maybe_crash("mid-final-save", self.step)
 
-    def save_checkpoint(self) -> Path:
-        """Write checkpoint-<step> (rank 0, with every rank's RNG states); the manager publishes and rotates."""
+    def save_checkpoint(self, background: bool = False) -> Path | None:
+        """Write checkpoint-<step> (rank 0, with every rank's RNG states); the manager publishes and rotates.
+
+        `background`: copy the state to CPU and let the manager write it while training goes on
+        (returns None; the checkpoint appears when the write completes).
+        """
         step, state = self.step, self.training_state()
         # Collecting every rank's generators is also the barrier before the save: all finished the step.
         rng_states = self.dist.all_gather(rng.capture_rng_state())
+        if background:
+            self.ckpts.wait()  # the copies below are reused: the previous save must be done with them
+            policy, optimizer_state = self._snapshot()
+        else:
+            policy, optimizer_state = self.policy, self.optimizer.state_dict()
 
         def write(folder: Path) -> None:
-            self._write_model(folder)
+            from piperctl.checkpoints.model import save_model_files
+
+            save_model_files(folder, policy, self.preprocessor, self.postprocessor)
             maybe_crash("mid-save", step)
             maybe_crash("disk-full", step)
-            torch.save(self.optimizer.state_dict(), folder / OPTIMIZER_STATE)
+            torch.save(optimizer_state, folder / OPTIMIZER_STATE)
             rng.save_rng_states(folder, rng_states)
             (folder / TRAINING_STATE).write_text(state.to_text(), encoding="utf-8")
 
+        if background:
+            self.ckpts.save_in_background(step, write)
+            return None
         # One writer; the other ranks wait for its verdict, so none runs ahead of (or outlives) a failed save.
         path = self.dist.all_or_none(lambda: self.ckpts.save(step, write), main_only=True)
         self.ckpts.last = path
         return path
 
+    def _snapshot(self) -> tuple[torch.nn.Module, dict]:
+        """CPU copies of the weights (in a shadow policy, built once) and of the optimizer state."""
+        from piperctl.checkpoints.model import policy_from_config
+
+        if self._shadow is None:
+            # Building a module draws initial weights from the global generators: keep training's stream.
+            with data.isolated_rng(0):
+                self._shadow = policy_from_config(self.policy_cfg).to("cpu")
+        self._shadow.load_state_dict(self.policy.state_dict())
+        return self._shadow, _cpu_copy(self.optimizer.state_dict())
+
+    @property
+    def _background_saves(self) -> bool:
+        # Several processes save synchronously: every rank must learn at once that a save failed.
+        return self.cfg.async_save and self.dist.world_size == 1
+
     def _finish(self) -> None:
         self.ckpts.save_final(self.step, self._write_final_model)
         plot_loss_curve(self.run_dir / METRICS_FILE, self.run_dir / LOSS_CURVE)
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step, all processes and micro-batches together."""
+        return self.cfg.batch_size * self.dist.world_size * self.cfg.grad_accum
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -441,30 +505,38 @@ class Trainer:
                 batch[key] = batch[key].to(torch.float32) / 255.0
         return model(self.preprocessor(batch))
 
-    def train_step(self, batch: dict) -> tuple[float, float]:
-        """One optimizer step on `batch`: the loss (mean over ranks) and the gradient norm before clipping."""
-        loss, _ = self._forward(self.model, batch)
-        loss.backward()
-        clip = self.grad_clip_norm if self.grad_clip_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip, error_if_nonfinite=False)
-        self.optimizer.step()
+    def train_step(self, stream: Iterator[dict]) -> tuple[float, float]:
+        """One optimizer step over `--grad-accum` batches: the loss (mean over ranks) and the gradient norm."""
+        accum = self.cfg.grad_accum
+        total = 0.0
+        for micro in range(accum):
+            batch = next(stream)
+            # DDP all-reduces the gradients once, after the last micro-batch.
+            with self.dist.no_sync(self.model, skip=micro < accum - 1):
+                with self.precision.autocast():
+                    loss, _ = self._forward(self.model, batch)
+                self.precision.backward(loss / accum if accum > 1 else loss)
+            total += float(loss.detach())
+            self.samples_seen += self.sampler.global_count(len(batch["index"]))
+        grad_norm = self.precision.clip_and_step(
+            self.optimizer, self.policy.parameters(), self.grad_clip_norm
+        )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
         if hasattr(self.policy, "update"):
             self.policy.update()
         self.step += 1
-        self.samples_seen += self.sampler.global_count(len(batch["index"]))
         maybe_crash("sigterm", self.step)
         maybe_crash("sigint", self.step)
         maybe_crash("kill", self.step)
-        loss_value = self.dist.mean(float(loss.detach()))
+        loss_value = self.dist.mean(total / accum if accum > 1 else total)
         if not math.isfinite(loss_value):
             raise PiperctlError(
                 f"loss became {loss_value} at step {self.step}",
                 hint="lower --lr, or resume from an earlier checkpoint",
             )
-        return loss_value, float(grad_norm)
+        return loss_value, grad_norm
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -475,7 +547,8 @@ class Trainer:
             # Training mode without gradients: ACT only computes its full loss in training mode.
             for batch in self.val_loader:
                 n = len(batch["index"])
-                loss, _ = self._forward(self.policy, batch)
+                with self.precision.autocast():
+                    loss, _ = self._forward(self.policy, batch)
                 total += float(loss) * n
                 count += n
         # Each rank scored its own share of the validation frames.
@@ -494,6 +567,11 @@ class Trainer:
         metrics = (
             MetricsLog(self.run_dir / METRICS_FILE, truncate_after=self.step) if dist.is_main else NoMetrics()
         )
+        if cfg.tracker:
+            # Rank 0 logs; a tracker that cannot start stops every rank with its message.
+            dist.all_or_none(
+                lambda: metrics.add_tracker(self._start_tracker(start is not None)), main_only=True
+            )
         self._log_start(resuming=start is not None)
         eval_every = cfg.eval_every or cfg.save_every
         losses: list[float] = []
@@ -505,9 +583,10 @@ class Trainer:
             while True:
                 # All ranks stop at the same step: a signal on any one of them stops every one.
                 stop_signal = dist.agree_on_signal(stop.signum)
+                self.ckpts.raise_if_failed()  # a background save that failed stops training here
                 if stop_signal or self.step >= cfg.steps:
                     break
-                loss, grad_norm = self.train_step(next(stream))
+                loss, grad_norm = self.train_step(stream)
                 losses.append(loss)
                 record = {
                     "step": self.step,
@@ -525,12 +604,12 @@ class Trainer:
                     record["steps_per_s"] = steps_since / max(now - t_last, 1e-9)
                     metrics.write(record)
                     t_last, steps_since = now, 0
-                saved = self.save_checkpoint() if self.ckpts.should_save(self.step) else None
+                if self.ckpts.should_save(self.step):
+                    self.save_checkpoint(background=self._background_saves)
                 bar.update(1, **self._bar_fields(record, rate.tick()))
-                if saved is not None and not bar.progress:
-                    log(f"saved {saved}")
             if stop_signal:
                 self._stop(stop_signal, metrics)
+            self.ckpts.wait()
         metrics.close()
         dist.all_or_none(self._finish, main_only=True)
         log(f"done: step {self.step}, final model in {self.run_dir}, last checkpoint {self.ckpts.last}")
@@ -538,6 +617,11 @@ class Trainer:
         return TrainResult(
             run_dir=self.run_dir, step=self.step, last_checkpoint=self.ckpts.last, losses=losses
         )
+
+    def _start_tracker(self, resuming: bool) -> Any:
+        from piperctl.training.trackers import Tracker
+
+        return Tracker(self.cfg.tracker, self.run_dir, self.run_id, self.cfg.to_json(), resuming, self.step)
 
     def _bar_fields(self, record: dict, steps_per_s: float) -> dict[str, str]:
         fields = {
@@ -556,6 +640,7 @@ class Trainer:
         name = signal.Signals(signum).name
         if self.dist.world_size > 1:
             log(f"{name}: all {self.dist.world_size} processes stop at step {self.step}")
+        self.ckpts.wait()
         if self.ckpts.last is None or step_of(self.ckpts.last) != self.step:
             self.save_checkpoint()
         metrics.close()
@@ -569,16 +654,28 @@ class Trainer:
     def _log_start(self, resuming: bool) -> None:
         cfg, world = self.cfg, self.dist.world_size
         n_params = sum(p.numel() for p in self.policy.parameters())
+        accum = f" x {cfg.grad_accum} micro-batches" if cfg.grad_accum > 1 else ""
         log(
-            f"{'resuming' if resuming else 'training'} {self.policy_cfg.type} ({n_params / 1e6:.2f}M params) on {self.device}: "
-            f"step {self.step} -> {cfg.steps}, batch {cfg.batch_size} x {processes(world)} = effective batch "
-            f"{cfg.batch_size * world}, {len(self.train_episodes)} train / {len(self.val_episodes)} val episodes, "
-            f"run {self.run_dir}"
+            f"{'resuming' if resuming else 'training'} {self.policy_cfg.type} ({n_params / 1e6:.2f}M params) on {self.device}"
+            f" in {self.precision.name}: step {self.step} -> {cfg.steps}, batch {cfg.batch_size} x {processes(world)}"
+            f"{accum} = effective batch {self.effective_batch}, {len(self.train_episodes)} train / "
+            f"{len(self.val_episodes)} val episodes{', augmented' if cfg.augment else ''}, run {self.run_dir}"
         )
         sched = self.lr_schedule
         log(
             f"lr schedule: {sched['type']}"
             + (f" with {sched['warmup_steps']} warm-up steps" if sched["warmup_steps"] else "")
             + f", peak lr {sched['peak_lr']:.2e}, advancing once per optimizer step "
-            f"({cfg.batch_size * world} samples); not scaled with the number of processes"
+            f"({self.effective_batch} samples); not scaled with the number of processes"
         )
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A copy of a (nested) state dict whose tensors are new CPU tensors, safe to write while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj

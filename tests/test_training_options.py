@@ -1,0 +1,185 @@
+"""Training like lerobot-train: mixed precision, gradient accumulation, augmentation, trackers and
+background saves, each resumed exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from piperctl import checkpoints as ckpt
+from tests.conftest import (
+    assert_same_weights,
+    losses,
+    one_error_line,
+    piperctl_cli,
+    run_cli,
+    train_args,
+    train_tiny,
+)
+
+
+def _state(folder: Path) -> dict:
+    return json.loads((folder / ckpt.TRAINING_STATE).read_text())
+
+
+def _same_optimizer_state(a: Path, b: Path) -> None:
+    sa = torch.load(a / ckpt.OPTIMIZER_STATE, weights_only=True)
+    sb = torch.load(b / ckpt.OPTIMIZER_STATE, weights_only=True)
+    for k, v in sa["state"].items():
+        for name, t in v.items():
+            assert torch.equal(t, sb["state"][k][name]), (k, name)
+
+
+@pytest.mark.parametrize(
+    "option,value,fault",
+    [
+        ("precision", "bf16", "after-save:4"),
+        ("precision", "fp16", "after-save:4"),
+        ("grad_accum", 2, "after-save:4"),
+        ("augment", True, "kill:5"),
+    ],
+)
+def test_resume_is_exact_with(
+    option: str, value: object, fault: str, tmp_path: Path, tiny_ds: Path, reference_run: Path
+) -> None:
+    ref = tmp_path / "ref"
+    train_tiny(ref, tiny_ds, save_every=2, **{option: value})
+    run = tmp_path / "run"
+    flag = f"--{option.replace('_', '-')}"
+    extra = [flag] if value is True else [flag, str(value)]
+    res = piperctl_cli([*train_args(run, tiny_ds, save_every=2), *extra], env={"PIPERCTL_FAULT": fault})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    res = piperctl_cli(["resume", run])
+    assert res.returncode == 0, res.stderr
+    assert losses(run) == losses(ref)
+    assert_same_weights(run, ref)
+    _same_optimizer_state(run / "checkpoint-8", ref / "checkpoint-8")
+    state = _state(run / "checkpoint-8")
+    # The option really changed training: not the fp32 / batch-4 / plain reference.
+    assert losses(run) != losses(reference_run)
+    if option == "precision":
+        assert state["config"]["precision"] == value
+        assert (state["scaler"] is not None) == (value == "fp16")
+    if option == "grad_accum":
+        assert state["effective_batch_size"] == 8 and state["grad_accum"] == 2
+        assert state["samples_seen"] == 8 * 8
+    if option == "augment":
+        assert state["config"]["augment"] is True
+
+
+def test_use_amp_picks_the_precision_lerobot_train_would(tmp_path: Path, tiny_ds: Path) -> None:
+    run = tmp_path / "run"
+    train_tiny(run, tiny_ds, steps=2, save_every=2, policy_options={"use_amp": True, **_tiny_act()})
+    # On CPU torch's autocast dtype is bfloat16, as lerobot-train derives it from use_amp.
+    assert _state(run / "checkpoint-2")["config"]["precision"] == "bf16"
+
+
+def _tiny_act() -> dict:
+    from tests.conftest import TINY_ACT
+
+    return dict(TINY_ACT)
+
+
+def test_augmentation_touches_training_batches_only(tmp_path: Path, tiny_ds: Path) -> None:
+    from piperctl.training.config import TrainConfig
+    from piperctl.training.trainer import Trainer
+
+    cfg = TrainConfig.from_options(
+        tmp_path / "run",
+        None,
+        {"dataset_root": str(tiny_ds), "policy_options": _tiny_act(), "augment": True, "val_episodes": "1"},
+    )
+    trainer = Trainer(cfg, tmp_path / "run", "test")
+    trainer.setup(None)
+    assert trainer.loader.dataset.transform is not None
+    assert trainer.val_loader.dataset.transform is None
+    train_item = trainer.loader.dataset[(0, 0)]
+    plain = trainer.dataset[0]
+    camera = trainer.meta.camera_keys[0]
+    assert not torch.equal(train_item[camera], plain[camera])
+    assert torch.equal(trainer.loader.dataset[(0, 0)][camera], train_item[camera])  # seeded per sample
+
+
+def test_augment_config_file(tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "aug.toml"
+    good.write_text("max_num_transforms = 1\nrandom_order = true\n")
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        [*train_args(run, tiny_ds, steps=2, save_every=2), "--augment-config", good], capsys
+    )
+    assert code == 0, err
+    assert _state(run / "checkpoint-2")["config"]["augment"] is True
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no_such_field = 3\n")
+    code, _, err = run_cli(
+        [*train_args(tmp_path / "run2", tiny_ds, steps=2), "--augment-config", bad], capsys
+    )
+    line = one_error_line(err, after_logs=True)
+    assert code == 2 and str(bad) in line
+
+
+def test_tensorboard_logs_the_metrics_and_resume_continues_the_same_run(
+    tmp_path: Path, tiny_ds: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    res = piperctl_cli(
+        [*train_args(run, tiny_ds, save_every=2), "--tracker", "tensorboard"],
+        env={"PIPERCTL_FAULT": "kill:5"},
+    )
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    res = piperctl_cli(["resume", run])
+    assert res.returncode == 0, res.stderr
+    run_id = json.loads((run / ckpt.RUN_FILE).read_text())["run_id"]
+    logdirs = [p for p in (run / "tensorboard").iterdir() if p.is_dir()]
+    assert [p.name for p in logdirs] == [run_id]  # one tracker run, continued
+    events = EventAccumulator(str(logdirs[0]))
+    events.Reload()
+    loss = events.Scalars("loss")
+    # Steps 5 (logged before the kill, past checkpoint-4) were purged: one history, as in metrics.jsonl.
+    assert [e.step for e in loss] == list(range(1, 9))
+    assert [e.value for e in loss] == pytest.approx(losses(run), rel=1e-6)
+
+
+def test_an_unknown_tracker_is_one_line(
+    tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli([*train_args(tmp_path / "run", tiny_ds), "--tracker", "neptune"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "--tracker 'neptune' is not valid" in line
+
+
+def test_background_and_synchronous_saves_write_the_same_checkpoints(
+    tmp_path: Path, tiny_ds: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "run"
+    res = piperctl_cli([*train_args(run, tiny_ds, save_every=2, keep_last=2), "--sync-save"])
+    assert res.returncode == 0, res.stderr
+    assert losses(run) == losses(reference_run)
+    for name in ("checkpoint-6", "checkpoint-8"):
+        assert_same_weights(run / name, reference_run / name)
+        _same_optimizer_state(run / name, reference_run / name)
+        assert _state(run / name)["samples_seen"] == _state(reference_run / name)["samples_seen"]
+
+
+def test_sigterm_with_a_background_save_in_flight_waits_for_it(
+    tmp_path: Path, tiny_ds: Path, reference_run: Path
+) -> None:
+    run = tmp_path / "run"
+    # SIGTERM right after step 4, whose checkpoint is then being written in the background.
+    res = piperctl_cli(
+        train_args(run, tiny_ds, save_every=2, keep_last=2), env={"PIPERCTL_FAULT": "sigterm:4"}
+    )
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    assert ckpt.check_checkpoint(run / "checkpoint-4").ok
+    assert not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
+    res = piperctl_cli(["resume", run])
+    assert res.returncode == 0, res.stderr
+    assert losses(run) == losses(reference_run)
+    assert_same_weights(run, reference_run)
