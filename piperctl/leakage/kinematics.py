@@ -16,7 +16,7 @@ from piperctl.leakage.result import CheckResult, Finding, ids_text, plural
 from piperctl.leakage.robots import normalise_name, piper_profile
 
 if TYPE_CHECKING:
-    from piperctl.leakage.registry import Context
+    from piperctl.leakage.context import Context
 
 MIN_EPISODES = 3  # dataset-relative scales need this many episodes that show the quantity
 FLOOR_SHARE = 0.1  # a dimension's scale is at least this share of the median scale of its feature

@@ -14,7 +14,7 @@ from piperctl.leakage.layout import one_line
 from piperctl.leakage.result import CheckResult, Finding, ids_text, plural
 
 if TYPE_CHECKING:
-    from piperctl.leakage.registry import Context
+    from piperctl.leakage.context import Context
 
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"

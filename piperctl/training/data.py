@@ -150,7 +150,6 @@ def open_dataset(
 
     read_from = root
     if root is not None:
-        check_data_files(Path(root))
         info = json.loads((Path(root) / "meta" / "info.json").read_text(encoding="utf-8"))
         videos = [k for k in drop or [] if info["features"].get(k, {}).get("dtype") == "video"]
         if videos:

@@ -167,6 +167,7 @@ class Trainer:
         if root is not None:
             # Everything lerobot would otherwise fetch from the Hub, or reject at the first step.
             inspect.require_files(root, cameras=[k for k in cameras if k in self.meta.video_keys])
+            data.check_data_files(root)
             inspect.require_consistent_timestamps(root, fps=self.meta.fps, tolerance_s=cfg.tolerance_s)
         self.dropped_cameras = data.drop_cameras(self.meta, cameras)
         data.require_inputs(self.meta, cfg.policy, cfg.cameras)
