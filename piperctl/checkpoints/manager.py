@@ -16,6 +16,7 @@ from piperctl import __version__
 from piperctl.checkpoints.atomic import fsync_dir, read_json, remove_stale_tmp, write_json
 from piperctl.checkpoints.format import (
     MANIFEST,
+    PRETRAINED_DIR,
     RUN_FILE,
     TMP_PREFIX,
     TRAINING_STATE,
@@ -49,6 +50,8 @@ class CheckpointManager:
         self.last: Path | None = None
         # The checkpoint a resume started from is kept until a newer one exists, even past keep_last.
         self.protect: Path | None = None
+        # The run's best checkpoint (lowest validation metric) is never rotated away.
+        self.best: Path | None = None
 
     def should_save(self, step: int) -> bool:
         """True at every `save_every`-th step and at the last step."""
@@ -58,15 +61,15 @@ class CheckpointManager:
         """Publish checkpoint-`step` (filled by `write_files(folder)`), then apply keep-last."""
         path = publish(checkpoint_dir(self.run_dir, step), write_files, step)
         maybe_crash("after-save", step)
-        for old in rotate(self.run_dir, self.keep_last, protect=self.protect):
+        for old in rotate(self.run_dir, self.keep_last, protect=self.protect, best=self.best):
             log(f"removed old checkpoint {old.name} (--keep-last {self.keep_last})")
         self.protect = None
         self.last = path
         return path
 
-    def save_final(self, step: int, write_files: Callable[[Path], None]) -> None:
-        """Publish the final model files into the run folder itself, sealed by their own manifest."""
-        publish(self.run_dir, write_files, step, into_existing=True)
+    def save_final(self, step: int, write_files: Callable[[Path], None]) -> Path:
+        """Publish the final model as RUN_DIR/pretrained_model (lerobot's layout), sealed by its own manifest."""
+        return publish(self.run_dir / PRETRAINED_DIR, write_files, step)
 
     def clean_stale(self) -> list[Path]:
         """Remove what interrupted saves of ours left in the run folder."""
@@ -143,8 +146,10 @@ def find_resumable(run_dir: Path) -> tuple[Path, list[tuple[Path, str]]]:
     )
 
 
-def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect`.
+def rotate(
+    run_dir: Path, keep_last: int, protect: Path | None = None, best: Path | None = None
+) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect` or `best`.
 
     Only checkpoints that passed the quick check count and get deleted: a damaged one is left for the
     user to inspect.
@@ -155,7 +160,7 @@ def rotate(run_dir: Path, keep_last: int, protect: Path | None = None) -> list[P
     doomed = complete[:-keep_last] if len(complete) > keep_last else []
     removed = []
     for p in doomed:
-        if protect is not None and p.resolve() == protect.resolve():
+        if any(keep is not None and p.resolve() == keep.resolve() for keep in (protect, best)):
             continue
         # Rename first so that a crash mid-delete cannot leave a half checkpoint under a valid name.
         trash = run_dir / f"{TMP_PREFIX}{p.name}.deleting"

@@ -88,6 +88,8 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
         found = [Target(p, "checkpoint") for p in fmt.list_checkpoints(path)]
         if (path / fmt.MANIFEST).is_file():
             found.append(Target(path, "model"))
+        if (path / fmt.PRETRAINED_DIR / fmt.MANIFEST).is_file():
+            found.append(Target(path / fmt.PRETRAINED_DIR, "model"))
         if not found:
             raise PiperctlError(
                 f"{path} holds no checkpoint-N folders and no model files",
@@ -102,8 +104,21 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
 
 def _scan(target: Target) -> QuickCheck:
     if target.kind == "model":
-        return scan_checkpoint(target.path, required=fmt.MODEL_FILES, strict_contents=False)
+        layout = fmt.model_layout(target.path, _listed(target.path))
+        # Files beside a run's old-style final model (checkpoints, metrics) are the run's, not the model's.
+        beside_run = layout is fmt.CHECKPOINT_LAYOUT or (target.path / fmt.RUN_FILE).exists()
+        return scan_checkpoint(target.path, required=layout.files, strict_contents=not beside_run)
     return scan_checkpoint(target.path)
+
+
+def _listed(folder: Path) -> object:
+    """The file names a folder's manifest lists (None when it cannot be read: the scan reports why)."""
+    import json
+
+    try:
+        return json.loads((folder / fmt.MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool = False) -> list[Report]:
