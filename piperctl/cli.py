@@ -304,15 +304,26 @@ def export_cmd(
     ],
     out: Annotated[
         Path | None,
-        typer.Argument(help="New folder for the lerobot pretrained_model layout (omit to push an export as is).", show_default=False),
+        typer.Argument(
+            help="New folder for the lerobot pretrained_model layout (omit to push an export as is).",
+            show_default=False,
+        ),
     ] = None,
     push_to_hub: Annotated[
-        str | None, typer.Option("--push-to-hub", help="Also upload it to this Hub model repo (OWNER/NAME).", metavar="REPO_ID")
+        str | None,
+        typer.Option(
+            "--push-to-hub", help="Also upload it to this Hub model repo (OWNER/NAME).", metavar="REPO_ID"
+        ),
     ] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
-    final: Annotated[bool, typer.Option("--final", help="For a run: its final model, not its best checkpoint.")] = False,
+    final: Annotated[
+        bool, typer.Option("--final", help="For a run: its final model, not its best checkpoint.")
+    ] = False,
     eval_report: Annotated[
-        Path | None, typer.Option("--eval-report", help="A 'piperctl eval --json' report of this model for the model card.")
+        Path | None,
+        typer.Option(
+            "--eval-report", help="A 'piperctl eval --json' report of this model for the model card."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")] = False,
 ) -> None:
@@ -320,7 +331,13 @@ def export_cmd(
     from piperctl.checkpoints.export import export_model
 
     result = export_model(
-        model, out, force=force, final=final, push_to_hub=push_to_hub, private=private, eval_report=eval_report
+        model,
+        out,
+        force=force,
+        final=final,
+        push_to_hub=push_to_hub,
+        private=private,
+        eval_report=eval_report,
     )
     if result.out is not None:
         typer.echo(f"exported {result.source.description} to {result.out}")
@@ -341,7 +358,9 @@ def eval_cmd(
             metavar="CHECKPOINT_OR_RUN",
         ),
     ],
-    dataset_root: Annotated[Path, typer.Option("--dataset-root", help="Local LeRobot dataset folder to evaluate on.")],
+    dataset_root: Annotated[
+        Path, typer.Option("--dataset-root", help="Local LeRobot dataset folder to evaluate on.")
+    ],
     dataset_id: Annotated[
         str | None, typer.Option(help="repo_id of the dataset (default: the one it records).")
     ] = None,
@@ -352,13 +371,25 @@ def eval_cmd(
             show_default=False,
         ),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON (see docs/export-eval.md).")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (see docs/export-eval.md).")
+    ] = False,
     plots: Annotated[
-        Path | None, typer.Option("--plots", help="Write PNGs of predicted vs recorded actions for a few episodes here.", metavar="DIR")
+        Path | None,
+        typer.Option(
+            "--plots",
+            help="Write PNGs of predicted vs recorded actions for a few episodes here.",
+            metavar="DIR",
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON report to FILE.", metavar="FILE")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of each episode's sampling (diffusion).")] = 0,
-    final: Annotated[bool, typer.Option("--final", help="For a run: its final model, not its best checkpoint.")] = False,
+    final: Annotated[
+        bool, typer.Option("--final", help="For a run: its final model, not its best checkpoint.")
+    ] = False,
 ) -> None:
     """Open-loop evaluation on recorded episodes: per-joint action error beside 'hold' and 'repeat' baselines."""
     import json
@@ -368,7 +399,9 @@ def eval_cmd(
     from piperctl.evaluation.report import print_report
 
     if not dataset_root.is_dir():
-        raise PiperctlError(f"--dataset-root {dataset_root} is not a folder", hint="pass a LeRobot dataset folder")
+        raise PiperctlError(
+            f"--dataset-root {dataset_root} is not a folder", hint="pass a LeRobot dataset folder"
+        )
     evaluation = evaluate(
         model, dataset_root, dataset_id=dataset_id, episodes=episodes, device=device, seed=seed, final=final
     )
@@ -378,6 +411,14 @@ def eval_cmd(
         written = plot_episodes(evaluation, plots)
         evaluation.report["plots"] = [str(p) for p in written]
         log(f"plots: {len(written)} PNG(s) in {plots}")
+    if report is not None:
+        from piperctl.checkpoints.atomic import atomic_write_text
+
+        try:
+            atomic_write_text(report, json.dumps(evaluation.report, indent=2) + "\n")
+        except OSError as e:
+            raise PiperctlError(f"cannot write --report {report} ({e.strerror or e})") from e
+        log(f"report: {report}")
     if json_out:
         typer.echo(json.dumps(evaluation.report, indent=2))
     else:

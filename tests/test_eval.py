@@ -172,3 +172,50 @@ def test_baselines_on_a_dataset_with_a_known_answer(tmp_path: Path) -> None:
     features["observation.state"]["shape"] = [4]
     features["observation.state"]["names"] = ["w", "x", "y", "z"]
     assert bl.hold_pairing(features) is None
+
+
+def _keys(obj: object, out: set[str]) -> set[str]:
+    """Every field name in a report (per-joint objects are data keyed by joint name: not descended)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.add(k)
+            if k not in ("mae", "rmse", "max"):
+                _keys(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _keys(v, out)
+    return out
+
+
+def test_eval_json_fields_are_documented_and_report_file_written(
+    eval_run: Path, tiny_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    report_file = tmp_path / "eval.json"
+    code, stdout, err = run_cli(
+        ["eval", eval_run, "--dataset-root", tiny_ds, "--episodes", "4", "--report", report_file], capsys
+    )
+    assert code == 0, err
+    assert "normalised" in stdout  # the table on the terminal, the JSON in the file
+    report = json.loads(report_file.read_text())
+    doc = (Path(__file__).parents[1] / "docs" / "export-eval.md").read_text()
+    documented = set(re.findall(r"`([a-z0-9_]+)`", doc))
+    missing = _keys(report, set()) - documented
+    assert not missing, f"not documented in docs/export-eval.md: {sorted(missing)}"
+    # The export's model card carries the table of a report about its own weights only.
+    out = tmp_path / "exp"
+    code, _, err = run_cli(["export", eval_run, out, "--eval-report", report_file], capsys)
+    assert code == 0, err
+    assert "| gripper |" in (out / "README.md").read_text() and (out / "eval.json").is_file()
+    code, _, err = run_cli(
+        [
+            "export",
+            eval_run / "checkpoint-2",
+            tmp_path / "x",
+            "--eval-report",
+            tiny_ds / "meta" / "info.json",
+        ],
+        capsys,
+    )
+    assert code == 2 and "not a 'piperctl eval --json' report" in one_error_line(err)
