@@ -121,7 +121,8 @@ class TrainConfig:
             raise PiperctlError(f"--lr must be positive (got {self.lr})")
         if self.best_metric not in BEST_METRICS:
             raise PiperctlError(
-                f"--best-metric {self.best_metric!r} is not valid", hint=f"use one of: {', '.join(BEST_METRICS)}"
+                f"--best-metric {self.best_metric!r} is not valid",
+                hint=f"use one of: {', '.join(BEST_METRICS)}",
             )
 
     def resolved_best_metric(self) -> str:

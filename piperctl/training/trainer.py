@@ -492,9 +492,7 @@ class Trainer:
         """Open-loop action error (mean normalised MAE of the executed action) on the held-out episodes."""
         from piperctl.evaluation.openloop import score_during_training
 
-        value = self.dist.broadcast(
-            score_during_training(self) if self.dist.is_main else None
-        )
+        value = self.dist.broadcast(score_during_training(self) if self.dist.is_main else None)
         self.policy.train()
         return float(value)
 
@@ -572,7 +570,11 @@ class Trainer:
         log(
             f"done: step {self.step}, final model in {self.run_dir / PRETRAINED_DIR} (lerobot layout), "
             f"last checkpoint {self.ckpts.last}"
-            + (f", best {self.ckpts.best.name} ({self.best.metric} {self.best.value:.4g})" if self.best else "")
+            + (
+                f", best {self.ckpts.best.name} ({self.best.metric} {self.best.value:.4g})"
+                if self.best
+                else ""
+            )
         )
         dist.close()
         return TrainResult(
