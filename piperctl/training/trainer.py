@@ -571,7 +571,7 @@ class Trainer:
             f"done: step {self.step}, final model in {self.run_dir / PRETRAINED_DIR} (lerobot layout), "
             f"last checkpoint {self.ckpts.last}"
             + (
-                f", best {self.ckpts.best.name} ({self.best.metric} {self.best.value:.4g})"
+                f", best checkpoint-{self.best.step} ({self.best.metric} {self.best.value:.4g})"
                 if self.best
                 else ""
             )
