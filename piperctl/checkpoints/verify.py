@@ -200,7 +200,9 @@ def print_reports(reports: list[Report], quick: bool) -> None:
     table.add_column("verdict")
     table.add_column("problems", overflow="fold")
     for r in reports:
-        name = str(r.target.path) + (" (final model)" if r.target.kind == "model" else "")
+        final = r.target.path.name == fmt.PRETRAINED_DIR or (r.target.path / fmt.RUN_FILE).exists()
+        label = (" (final model)" if final else " (model)") if r.target.kind == "model" else ""
+        name = str(r.target.path) + label
         verdict = "[green]pass[/]" if r.passed else f"[bold red]fail[/] ({r.result.state})"
         problems = "\n".join(f"[{i.code}] {i.message}" for i in r.result.issues) or "-"
         table.add_row(_clean(name), "" if r.step is None else str(r.step), verdict, _clean(problems))
