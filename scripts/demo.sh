@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end demo behind `make demo`: everything offline, on data piperctl makes itself.
 #   synthesize -> scan for leakage -> train -> interrupt (SIGTERM) -> resume -> list / verify checkpoints
+#   -> evaluate open-loop on the held-out episodes -> export in lerobot's layout
 set -euo pipefail
 PIPERCTL="${PIPERCTL:-.venv/bin/piperctl}"
 DEMO_DIR="${DEMO_DIR:-outputs/demo}"
@@ -10,8 +11,10 @@ export HF_DATASETS_CACHE="${HF_DATASETS_CACHE:-$DEMO_DIR/.hf_cache}"
 
 DATA="$DEMO_DIR/piper_demo"
 RUN="$DEMO_DIR/run"
+PLOTS="$DEMO_DIR/eval_plots"
+EXPORT="$DEMO_DIR/export"
 mkdir -p "$DEMO_DIR"
-rm -rf "$RUN"  # the demo's own previous run; nothing else is touched
+rm -rf "$RUN" "$PLOTS" "$EXPORT"  # the demo's own previous outputs; nothing else is touched
 
 echo "== 1. synthesize a PiPER pick-and-place dataset with two cameras ($DATA)"
 "$PIPERCTL" dataset synth "$DATA" --episodes 12 --frames 60:90 --seed 0 --force
@@ -42,6 +45,15 @@ echo "== 5. list and verify the run's checkpoints"
 "$PIPERCTL" checkpoints list "$RUN"
 "$PIPERCTL" checkpoints verify "$RUN"
 
+echo "== 6. evaluate the policy open-loop on its held-out episodes, beside the 'hold' and 'repeat' baselines"
+"$PIPERCTL" eval "$RUN" --dataset-root "$DATA" --plots "$PLOTS" --report "$DEMO_DIR/eval.json"
+
+echo "== 7. export it in lerobot's pretrained_model layout (best checkpoint, model card with the eval table)"
+"$PIPERCTL" export "$RUN" "$EXPORT" --eval-report "$DEMO_DIR/eval.json"
+"$PIPERCTL" checkpoints verify "$EXPORT"
+
 echo
 echo "demo dataset : $DATA"
-echo "trained run  : $RUN (final model files, checkpoints, metrics.jsonl, loss_curve.png)"
+echo "trained run  : $RUN (pretrained_model/, checkpoints, metrics.jsonl, loss_curve.png)"
+echo "eval plots   : $PLOTS (predicted vs recorded actions per joint; JSON report: $DEMO_DIR/eval.json)"
+echo "export       : $EXPORT (load with PreTrainedPolicy.from_pretrained('$EXPORT'), or lerobot-rollout --policy.path=$EXPORT)"

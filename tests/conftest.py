@@ -102,13 +102,18 @@ def losses(run: Path) -> list[float]:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
-    """Two folders hold bit-identical policy weights."""
+    """Two folders (checkpoints, or runs: their final models) hold bit-identical policy weights."""
     import torch
     from safetensors.torch import load_file
 
-    from piperctl.checkpoints import POLICY_WEIGHTS
+    from piperctl.checkpoints.format import PRETRAINED_DIR, model_layout
 
-    wa, wb = load_file(str(a / POLICY_WEIGHTS)), load_file(str(b / POLICY_WEIGHTS))
+    def weights(folder: Path) -> Path:
+        if (folder / PRETRAINED_DIR).is_dir():
+            folder = folder / PRETRAINED_DIR
+        return folder / model_layout(folder).weights
+
+    wa, wb = load_file(str(weights(a))), load_file(str(weights(b)))
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k

@@ -88,7 +88,7 @@ def test_good_run_verifies(good_run: Path, capsys: pytest.CaptureFixture[str]) -
     assert got == [
         (str(good_run / "checkpoint-2"), "checkpoint", 2, "pass"),
         (str(good_run / "checkpoint-4"), "checkpoint", 4, "pass"),
-        (str(good_run), "model", 4, "pass"),
+        (str(good_run / "pretrained_model"), "model", 4, "pass"),
     ]
     assert set(doc["checkpoints"][0]["checks"].values()) == {"pass"}
     final = doc["checkpoints"][2]["checks"]
@@ -429,7 +429,7 @@ def test_json_fields_are_stable_and_documented(good_run: Path, capsys: pytest.Ca
     row = json.loads(out)[0]
     assert list(row) == [
         "step", "path", "written", "size_bytes", "train_loss", "train_loss_step",
-        "val_loss", "val_loss_step", "state", "checked", "resume", "problems",
+        "val_loss", "val_loss_step", "state", "checked", "resume", "best", "problems",
     ]  # fmt: skip
     problem_fields = ["check", "code", "file", "message"]
     documented = _documented_fields()

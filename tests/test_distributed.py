@@ -142,7 +142,7 @@ def test_two_process_run_writes_checkpoints_that_verify(
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["samples"] for r in rows] == [8, 16, 24, 32]
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]
-    assert (ref2 / ckpt.POLICY_WEIGHTS).is_file() and _no_tmp(ref2)
+    assert (ref2 / ckpt.PRETRAINED_DIR / ckpt.LEROBOT_WEIGHTS).is_file() and _no_tmp(ref2)
 
 
 @pytest.mark.slow

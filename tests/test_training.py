@@ -56,11 +56,12 @@ def test_run_layout_and_keep_last(reference_run: Path) -> None:
     assert state["dataset"]["val_episodes"] == [4] and state["dataset"]["train_episodes"] == [0, 1, 2, 3]
     assert state["samples_seen"] == 8 * 4
     assert set(state["versions"]) >= {"piperctl", "lerobot", "torch"}
-    # Final model files sit in the run folder and verify against their own manifest.
-    for name in ckpt.MODEL_FILES:
-        assert (reference_run / name).is_file(), name
-    manifest = json.loads((reference_run / ckpt.MANIFEST).read_text())
-    assert ckpt.OPTIMIZER_STATE not in manifest["files"]
+    # The final model sits in RUN/pretrained_model, in lerobot's layout, sealed by its own manifest.
+    final = reference_run / ckpt.PRETRAINED_DIR
+    for name in ckpt.LEROBOT_LAYOUT.files:
+        assert (final / name).is_file(), name
+    manifest = json.loads((final / ckpt.MANIFEST).read_text())
+    assert ckpt.OPTIMIZER_STATE not in manifest["files"] and manifest["step"] == 8
     rows = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert {"loss", "lr", "grad_norm", "steps_per_s"} <= rows[0].keys()
@@ -335,7 +336,7 @@ def test_init_from_starts_fresh_from_weights(tmp_path: Path, tiny_ds: Path, refe
     opt = torch.load(run / "checkpoint-1" / ckpt.OPTIMIZER_STATE, weights_only=True)
     assert all(float(s["step"]) == 1.0 for s in opt["state"].values())  # a fresh optimizer
     new, old = (
-        load_file(str(run / ckpt.POLICY_WEIGHTS)),
+        load_file(str(run / ckpt.PRETRAINED_DIR / ckpt.LEROBOT_WEIGHTS)),
         load_file(str(reference_run / "checkpoint-8" / ckpt.POLICY_WEIGHTS)),
     )
     assert all(torch.allclose(new[k], old[k], atol=1e-6) for k in old)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from piperctl.checkpoints.atomic import atomic_write_text, read_json, remove_stale_tmp, write_json
 from piperctl.checkpoints.format import (
+    LEROBOT_LAYOUT,
+    LEROBOT_WEIGHTS,
     MANIFEST,
     METRICS_FILE,
     MODEL_FILES,
@@ -16,6 +18,7 @@ from piperctl.checkpoints.format import (
     POLICY_WEIGHTS,
     POSTPROCESSOR_CONFIG,
     PREPROCESSOR_CONFIG,
+    PRETRAINED_DIR,
     REQUIRED_FILES,
     RNG_STATE_JSON,
     RNG_STATE_TENSORS,
@@ -37,6 +40,8 @@ from piperctl.checkpoints.integrity import (
 )
 
 __all__ = [
+    "LEROBOT_LAYOUT",
+    "LEROBOT_WEIGHTS",
     "MANIFEST",
     "METRICS_FILE",
     "MODEL_FILES",
@@ -45,6 +50,7 @@ __all__ = [
     "POLICY_WEIGHTS",
     "POSTPROCESSOR_CONFIG",
     "PREPROCESSOR_CONFIG",
+    "PRETRAINED_DIR",
     "REQUIRED_FILES",
     "RNG_STATE_JSON",
     "RNG_STATE_TENSORS",

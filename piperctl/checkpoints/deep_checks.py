@@ -51,6 +51,7 @@ class Context:
     cache: PolicyCache
     ran: set[str] = field(default_factory=set)
     escaped: set[str | None] = field(default_factory=set)
+    layout: fmt.ModelLayout = fmt.CHECKPOINT_LAYOUT  # file names of the model half (checkpoint or lerobot)
     cfg: Any = None  # the policy config, once the policy check loaded it
     config_bytes: bytes = b""
     policy: Any = None  # the untrained policy built from cfg (weights loaded when they fit)
@@ -114,6 +115,8 @@ def run_deep_checks(result: QuickCheck, kind: str, cache: PolicyCache) -> set[st
     ctx = Context(
         result.path, result, cache, escaped={i.file for i in result.issues if i.code == "path-escape"}
     )
+    if kind == MODEL:
+        ctx.layout = fmt.model_layout(result.path, (result.manifest or {}).get("files"))
     for check in DEEP_CHECKS:
         if kind in check.kinds:
             check.run(ctx)
@@ -159,16 +162,17 @@ def _check_policy(ctx: Context) -> None:
             fmt.POLICY_CONFIG,
         )
         return
-    if not ctx.present(fmt.POLICY_WEIGHTS):
+    weights = ctx.layout.weights
+    if not ctx.present(weights):
         return
     try:
-        load_weights(ctx.policy, ctx.folder / fmt.POLICY_WEIGHTS)
+        load_weights(ctx.policy, ctx.folder / weights)
     except PiperctlError as e:
         ctx.add(
             "policy",
             e.code or "weights-mismatch",
-            e.message.replace(str(ctx.folder / fmt.POLICY_WEIGHTS), fmt.POLICY_WEIGHTS),
-            fmt.POLICY_WEIGHTS,
+            e.message.replace(str(ctx.folder / weights), weights),
+            weights,
         )
 
 
@@ -339,7 +343,8 @@ def _check_processors(ctx: Context) -> None:
 
     cfg = ctx.cfg
     unsafe = False
-    for name in (fmt.PREPROCESSOR_CONFIG, fmt.POSTPROCESSOR_CONFIG):
+    pre, post = ctx.layout.preprocessor, ctx.layout.postprocessor
+    for name in (pre, post):
         if name in ctx.escaped:
             unsafe = True
             continue
@@ -350,10 +355,10 @@ def _check_processors(ctx: Context) -> None:
             ctx.add("processors", e.code, e.message, name)
     if unsafe or cfg is None:
         return
-    if not (ctx.present(fmt.PREPROCESSOR_CONFIG) and ctx.present(fmt.POSTPROCESSOR_CONFIG)):
+    if not (ctx.present(pre) and ctx.present(post)):
         return
     ctx.ran.add("processors")
     try:
-        load_processors(cfg, ctx.folder, device="cpu")
+        load_processors(cfg, ctx.folder, device="cpu", layout=ctx.layout)
     except Exception as e:  # noqa: BLE001 - lerobot raises many types for a processor that does not load
         ctx.add("processors", "processor-invalid", f"the processors do not load ({_first_line(e)})", None)

@@ -42,6 +42,51 @@ MODEL_FILES = (POLICY_WEIGHTS, POLICY_CONFIG, PREPROCESSOR_CONFIG, POSTPROCESSOR
 RESUME_FILES = (OPTIMIZER_STATE, TRAINING_STATE, RNG_STATE_TENSORS, RNG_STATE_JSON)
 REQUIRED_FILES = (*MODEL_FILES, *RESUME_FILES)
 
+# lerobot's own `pretrained_model` layout (what `PreTrainedPolicy.from_pretrained` and
+# `make_pre_post_processors(pretrained_path=...)` read): a run's final model and every export.
+PRETRAINED_DIR = "pretrained_model"
+LEROBOT_WEIGHTS = "model.safetensors"
+LEROBOT_PREPROCESSOR = "policy_preprocessor.json"
+LEROBOT_POSTPROCESSOR = "policy_postprocessor.json"
+MODEL_INFO = "piperctl.json"  # where the model came from: run, step, dataset and split, losses
+MODEL_CARD = "README.md"
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """The file names of the model half of a folder: piperctl's checkpoint names or lerobot's own."""
+
+    name: str
+    weights: str
+    preprocessor: str
+    postprocessor: str
+    config: str = POLICY_CONFIG
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The model files every folder of this layout holds."""
+        return (self.weights, self.config, self.preprocessor, self.postprocessor)
+
+
+CHECKPOINT_LAYOUT = ModelLayout("checkpoint", POLICY_WEIGHTS, PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
+LEROBOT_LAYOUT = ModelLayout("lerobot", LEROBOT_WEIGHTS, LEROBOT_PREPROCESSOR, LEROBOT_POSTPROCESSOR)
+
+
+def model_layout(folder: Path, listed: object = None) -> ModelLayout:
+    """Which layout a model folder uses: the names in `listed` (its manifest's files) decide, else the files present.
+
+    Folders written before exports existed (a run's final model beside its checkpoints) use the
+    checkpoint names; anything else is read as lerobot's layout.
+    """
+    if listed is not None:
+        names = set(listed) if isinstance(listed, dict | list | set | tuple) else set()
+    else:
+        names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if CHECKPOINT_LAYOUT.weights in names or CHECKPOINT_LAYOUT.preprocessor in names:
+        return CHECKPOINT_LAYOUT
+    return LEROBOT_LAYOUT
+
+
 _STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -137,6 +182,25 @@ class DatasetInfo:
 
 
 @dataclass
+class BestCheckpoint:
+    """The best checkpoint of a run so far: its step and the validation metric that made it best (lower wins)."""
+
+    step: int
+    metric: str
+    value: float
+
+    @classmethod
+    def from_json(cls, data: object) -> BestCheckpoint | None:
+        """Parse the `best` entry of a training state (None when absent or malformed)."""
+        if not isinstance(data, dict):
+            return None
+        step, metric, value = data.get("step"), data.get("metric"), data.get("value")
+        if not isinstance(step, int) or not isinstance(metric, str) or not isinstance(value, int | float):
+            return None
+        return cls(step, metric, float(value))
+
+
+@dataclass
 class TrainingState:
     """training_state.json: everything besides tensors that exact resumption needs, and what the run was."""
 
@@ -163,6 +227,7 @@ class TrainingState:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=utc_now)
     resumed_from: str | None = None
+    best: BestCheckpoint | None = None
 
     def to_json(self) -> dict:
         """The JSON object written to training_state.json."""
@@ -233,6 +298,7 @@ class TrainingState:
             versions=dict(data.get("versions") or {}),
             created=str(data.get("created") or ""),
             resumed_from=data.get("resumed_from"),
+            best=BestCheckpoint.from_json(data.get("best")),
         )
 
     def to_text(self) -> str:

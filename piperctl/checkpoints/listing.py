@@ -32,6 +32,7 @@ class Row:
     checked: str  # "sha256" when the contents were hashed, "size" when only the quick check ran
     resume: bool
     problems: list[str] = field(default_factory=list)
+    best: bool = False  # the run's best checkpoint (lowest validation metric); `export RUN` exports it
 
     def to_json(self) -> dict:
         """The stable JSON form documented in docs/checkpoint-format.md."""
@@ -47,6 +48,7 @@ class Row:
             "state": self.state,
             "checked": self.checked,
             "resume": self.resume,
+            "best": self.best,
             "problems": self.problems,
         }
 
@@ -105,6 +107,10 @@ def list_run(run_dir: Path) -> list[Row]:
     val = _Series(
         [(r["step"], float(r["val_loss"])) for r in rows if isinstance(r.get("val_loss"), int | float)]
     )
+    from piperctl.checkpoints.sources import find_best
+
+    best = find_best(run_dir)
+    best_path = best[1].resolve() if best is not None else None
     out: list[Row] = []
     for check in checks:
         step = check.step if check.step is not None else 0
@@ -124,6 +130,7 @@ def list_run(run_dir: Path) -> list[Row]:
                 checked="sha256" if check.hashed else "size",
                 resume=check is picked,
                 problems=list(check.problems),
+                best=best_path is not None and check.path.resolve() == best_path,
             )
         )
     return out
@@ -160,7 +167,7 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
         ("train loss", "right"),
         ("val loss", "right"),
         ("state", "left"),
-        ("resume", "left"),
+        ("pick", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)
     colour = {"complete": "green", "incomplete": "yellow", "corrupt": "bold red"}
@@ -172,7 +179,11 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
             _loss(r.train_loss, r.train_loss_step, r.step),
             _loss(r.val_loss, r.val_loss_step, r.step),
             f"[{colour.get(r.state, 'red')}]{r.state}[/]",
-            "[bold]<- resume[/]" if r.resume else "",
+            " ".join(
+                m
+                for m in ("[bold]<- resume[/]" if r.resume else "", "[bold green]best[/]" if r.best else "")
+                if m
+            ),
         )
     out.print(table)
     for r in rows:

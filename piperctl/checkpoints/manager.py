@@ -20,8 +20,9 @@ from rich.filesize import decimal
 from piperctl import __version__
 from piperctl.checkpoints.atomic import fsync_dir, read_json, remove_stale_tmp, write_json
 from piperctl.checkpoints.format import (
+    LEROBOT_LAYOUT,
     MANIFEST,
-    MODEL_FILES,
+    PRETRAINED_DIR,
     RUN_FILE,
     TMP_PREFIX,
     TRAINING_STATE,
@@ -57,6 +58,8 @@ class CheckpointManager:
         self.protect: Path | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future[Path] | None = None
+        # The run's best checkpoint (lowest validation metric) is never rotated away.
+        self.best: Path | None = None
 
     def should_save(self, step: int) -> bool:
         """True at every `save_every`-th step and at the last step."""
@@ -71,7 +74,7 @@ class CheckpointManager:
         except OSError as e:
             raise save_error(e, target, self.run_dir) from e
         maybe_crash("after-save", step)
-        for old in rotate(self.run_dir, self.keep_last, protect=self.protect, step=step):
+        for old in rotate(self.run_dir, self.keep_last, protect=self.protect, best=self.best, step=step):
             log(f"removed old checkpoint {old.name} (--keep-last {self.keep_last})")
         self.protect = None
         self.last = path
@@ -101,12 +104,13 @@ class CheckpointManager:
         if self._pending is not None and self._pending.done() and self._pending.exception() is not None:
             self.wait()
 
-    def save_final(self, step: int, write_files: Callable[[Path], None]) -> None:
-        """Publish the final model files into the run folder itself, sealed by their own manifest."""
+    def save_final(self, step: int, write_files: Callable[[Path], None]) -> Path:
+        """Publish the final model as RUN_DIR/pretrained_model (lerobot's layout), sealed by its own manifest."""
+        target = self.run_dir / PRETRAINED_DIR
         try:
-            publish(self.run_dir, write_files, step, into_existing=True)
+            return publish(target, write_files, step)
         except OSError as e:
-            raise save_error(e, self.run_dir / "final model", self.run_dir) from e
+            raise save_error(e, target, self.run_dir) from e
 
     def _warn_if_short_of_space(self) -> None:
         """Say before a save, not after it failed, that the disk may not hold another checkpoint."""
@@ -132,14 +136,11 @@ class CheckpointManager:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_run_file(self.run_dir, run_id, config)
 
-    def final_model_intact(self) -> bool:
-        """True when the run folder holds complete final model files that match their manifest."""
-        return final_model_intact(self.run_dir)
 
 
 def final_model_intact(run_dir: Path) -> bool:
-    """True when `run_dir` holds complete final model files that match their manifest."""
-    return check_checkpoint(run_dir, required=MODEL_FILES, strict_contents=False).ok
+    """True when the run's final model (RUN_DIR/pretrained_model) is complete and matches its manifest."""
+    return check_checkpoint(run_dir / PRETRAINED_DIR, required=LEROBOT_LAYOUT.files).ok
 
 
 def write_run_file(run_dir: Path, run_id: str, config: dict[str, Any] | None = None) -> None:
@@ -220,8 +221,10 @@ def save_error(e: OSError, target: Path, run_dir: Path) -> PiperctlError:
     return PiperctlError(f"{what}: {e.strerror or e}", hint=f"fix the cause, then {resume}")
 
 
-def rotate(run_dir: Path, keep_last: int, protect: Path | None = None, step: int = 0) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect`.
+def rotate(
+    run_dir: Path, keep_last: int, protect: Path | None = None, best: Path | None = None, step: int = 0
+) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); never `protect` or `best`.
 
     Only checkpoints that passed the quick check count and get deleted: a damaged one is left for the
     user to inspect.
@@ -232,7 +235,7 @@ def rotate(run_dir: Path, keep_last: int, protect: Path | None = None, step: int
     doomed = complete[:-keep_last] if len(complete) > keep_last else []
     removed = []
     for p in doomed:
-        if protect is not None and p.resolve() == protect.resolve():
+        if any(keep is not None and p.resolve() == keep.resolve() for keep in (protect, best)):
             continue
         # Rename first so that a crash mid-delete cannot leave a half checkpoint under a valid name.
         trash = run_dir / f"{TMP_PREFIX}{p.name}.deleting"

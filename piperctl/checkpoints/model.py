@@ -11,23 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_model
 
 from piperctl.checkpoints.format import (
+    CHECKPOINT_LAYOUT,
     POLICY_CONFIG,
-    POLICY_WEIGHTS,
-    POSTPROCESSOR_CONFIG,
-    PREPROCESSOR_CONFIG,
+    ModelLayout,
+    model_layout,
 )
 from piperctl.errors import PiperctlError
 
 
-def save_model_files(folder: Path, policy, preprocessor, postprocessor) -> None:
-    """Write weights, policy config and processors into `folder` (the model half of a checkpoint)."""
+def save_model_files(
+    folder: Path, policy, preprocessor, postprocessor, layout: ModelLayout = CHECKPOINT_LAYOUT
+) -> None:
+    """Write weights, policy config and processors into `folder` under `layout`'s file names."""
     policy.config._save_pretrained(folder)
-    save_model(policy, str(folder / POLICY_WEIGHTS))
-    preprocessor.save_pretrained(folder, config_filename=PREPROCESSOR_CONFIG)
-    postprocessor.save_pretrained(folder, config_filename=POSTPROCESSOR_CONFIG)
+    save_model(policy, str(folder / layout.weights))
+    preprocessor.save_pretrained(folder, config_filename=layout.preprocessor)
+    postprocessor.save_pretrained(folder, config_filename=layout.postprocessor)
 
 
 def load_policy_config(folder: Path, device: str | None = None):
@@ -69,7 +72,7 @@ def load_weights(policy: torch.nn.Module, path: Path) -> None:
             f"{path} is missing", hint="the checkpoint is incomplete; run 'piperctl checkpoints verify'"
         )
     try:
-        missing, unexpected = load_model(policy, str(path), strict=False)
+        missing, unexpected = load_safetensors_into(policy, str(path), strict=False)
     except RuntimeError as e:
         raise PiperctlError(
             f"weights in {path} do not fit this policy ({str(e).splitlines()[0]})", code="weights-mismatch"
@@ -92,8 +95,10 @@ def feature_shapes(policy_cfg) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in sorted(feats.items())}
 
 
-def load_processors(policy_cfg: Any, folder: Path, device: str | None = None) -> tuple[Any, Any]:
-    """The pre/post-processor pipelines saved in a checkpoint, refused if a config is unsafe to hand to lerobot."""
+def load_processors(
+    policy_cfg: Any, folder: Path, device: str | None = None, layout: ModelLayout = CHECKPOINT_LAYOUT
+) -> tuple[Any, Any]:
+    """The pre/post-processor pipelines saved in a folder, refused if a config is unsafe to hand to lerobot."""
     from lerobot.policies.factory import make_pre_post_processors
 
     from piperctl.checkpoints.untrusted import processor_config_problems
@@ -101,7 +106,7 @@ def load_processors(policy_cfg: Any, folder: Path, device: str | None = None) ->
     # A checkpoint is untrusted: lerobot would import any class and open any state file its configs name.
     problems = [
         e
-        for name in (PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
+        for name in (layout.preprocessor, layout.postprocessor)
         for e in processor_config_problems(folder, name)
     ]
     if problems:
@@ -110,7 +115,31 @@ def load_processors(policy_cfg: Any, folder: Path, device: str | None = None) ->
     return make_pre_post_processors(
         policy_cfg=policy_cfg,
         pretrained_path=str(folder),
-        preprocessor_config_filename=PREPROCESSOR_CONFIG,
-        postprocessor_config_filename=POSTPROCESSOR_CONFIG,
+        preprocessor_config_filename=layout.preprocessor,
+        postprocessor_config_filename=layout.postprocessor,
         preprocessor_overrides=overrides,
     )
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A policy ready for inference (eval mode, on its device) with the processors it was trained with."""
+
+    folder: Path
+    layout: ModelLayout
+    config: Any
+    policy: Any
+    preprocessor: Any
+    postprocessor: Any
+
+
+def load_model(folder: Path, device: str = "cpu", layout: ModelLayout | None = None) -> LoadedModel:
+    """Load a checkpoint, a run's final model or an export for inference, with piperctl's safe loaders."""
+    layout = layout or model_layout(folder)
+    cfg = load_policy_config(folder, device)
+    policy = policy_from_config(cfg)
+    load_weights(policy, folder / layout.weights)
+    policy.to(device)
+    policy.eval()
+    preprocessor, postprocessor = load_processors(cfg, folder, device, layout)
+    return LoadedModel(folder, layout, cfg, policy, preprocessor, postprocessor)

@@ -89,9 +89,13 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
             continue
         checkpoints = fmt.list_checkpoints(path)
         found = [Target(p, "checkpoint") for p in checkpoints]
-        if (path / fmt.MANIFEST).is_file() or (checkpoints and _finished(checkpoints[-1])):
-            # A finished run must hold its final model: a missing one is a failure, not a skip.
+        if (path / fmt.MANIFEST).is_file():  # an export, or the final model of a run written before 0.2
             found.append(Target(path, "model"))
+        final = path / fmt.PRETRAINED_DIR
+        finished = bool(checkpoints) and _finished(checkpoints[-1]) and not (path / fmt.MANIFEST).is_file()
+        if final.exists() or finished:
+            # A finished run must hold its final model: a missing one is a failure, not a skip.
+            found.append(Target(final, "model"))
         if not found:
             raise PiperctlError(
                 f"{path} holds no checkpoint-N folders and no model files",
@@ -116,15 +120,26 @@ def _finished(checkpoint: Path) -> bool:
 def _scan(target: Target) -> QuickCheck:
     if target.kind != "model":
         return scan_checkpoint(target.path)
-    result = scan_checkpoint(target.path, required=fmt.MODEL_FILES, strict_contents=False)
-    if result.state == "incomplete":
+    layout = fmt.model_layout(target.path, _listed(target.path))
+    # Files beside a run's old-style final model (checkpoints, metrics) are the run's, not the model's.
+    beside_run = layout is fmt.CHECKPOINT_LAYOUT or (target.path / fmt.RUN_FILE).exists()
+    result = scan_checkpoint(target.path, required=layout.files, strict_contents=not beside_run)
+    if result.state == "incomplete" and target.path.name == fmt.PRETRAINED_DIR:
         result.add(
             "layout",
             "final-model-missing",
             "the run reached its last step but its final model is missing or incomplete "
-            f"(interrupted while saving it): 'piperctl resume {target.path}' writes it",
+            f"(interrupted while saving it): 'piperctl resume {target.path.parent}' writes it",
         )
     return result
+
+
+def _listed(folder: Path) -> object:
+    """The file names a folder's manifest lists (None when it cannot be read: the scan reports why)."""
+    try:
+        return json.loads((folder / fmt.MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool = False) -> list[Report]:
@@ -199,7 +214,9 @@ def print_reports(reports: list[Report], quick: bool) -> None:
     table.add_column("verdict")
     table.add_column("problems", overflow="fold")
     for r in reports:
-        name = str(r.target.path) + (" (final model)" if r.target.kind == "model" else "")
+        final = r.target.path.name == fmt.PRETRAINED_DIR or (r.target.path / fmt.RUN_FILE).exists()
+        label = (" (final model)" if final else " (model)") if r.target.kind == "model" else ""
+        name = str(r.target.path) + label
         verdict = "[green]pass[/]" if r.passed else f"[bold red]fail[/] ({r.result.state})"
         problems = "\n".join(f"[{i.code}] {i.message}" for i in r.result.issues) or "-"
         table.add_row(safe(name), "" if r.step is None else str(r.step), verdict, safe(problems))

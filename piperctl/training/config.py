@@ -16,6 +16,7 @@ from piperctl.errors import PiperctlError
 
 DEFAULT_DATASET_ID = "ISdept/piper_arm"
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+BEST_METRICS = ("auto", "val_loss", "val_action_nmae")
 
 
 def option(default: Any, help: str, *, resumable: bool = False, factory: Any = None) -> Any:
@@ -58,8 +59,17 @@ class TrainConfig:
     lr: float | None = option(None, "Learning rate (default: the policy's preset).")
     val_episodes: str | None = option(None, "Held-out episodes: a count (last N), a range A:B, or ids i,j.")
     eval_every: int = option(0, "Validation every K steps (default: --save-every).", resumable=True)
+    best_metric: str = option(
+        "auto",
+        "What picks the best checkpoint: val_loss, val_action_nmae (open-loop action error on the "
+        "held-out episodes), or auto (val_action_nmae when --eval-every is given, else val_loss).",
+    )
     log_every: int = option(1, "Write metrics.jsonl every K steps.", resumable=True)
-    init_from: str | None = option(None, "Start from this checkpoint's weights (fresh optimizer, step 0).")
+    init_from: str | None = option(
+        None,
+        "Start from these weights (fresh optimizer, step 0): a piperctl run, checkpoint or export, a "
+        "lerobot pretrained_model folder, or a Hub model id.",
+    )
     allow_dataset_change: bool = option(False, "On resume: accept a changed dataset.")
     precision: str | None = option(
         None, "fp32, bf16 or fp16 (default: from the policy config's use_amp/dtype, as lerobot-train)."
@@ -154,6 +164,17 @@ class TrainConfig:
             raise PiperctlError(f"--tolerance-s must be 0 or more (got {self.tolerance_s})")
         if self.lr is not None and not self.lr > 0:
             raise PiperctlError(f"--lr must be positive (got {self.lr})")
+        if self.best_metric not in BEST_METRICS:
+            raise PiperctlError(
+                f"--best-metric {self.best_metric!r} is not valid",
+                hint=f"use one of: {', '.join(BEST_METRICS)}",
+            )
+
+    def resolved_best_metric(self) -> str:
+        """The metric that picks the best checkpoint once 'auto' is decided."""
+        if self.best_metric != "auto":
+            return self.best_metric
+        return "val_action_nmae" if self.eval_every > 0 else "val_loss"
 
 
 def resolve_device(name: str) -> str:

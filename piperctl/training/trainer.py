@@ -25,13 +25,15 @@ from piperctl.checkpoints.format import (
     METRICS_FILE,
     OPTIMIZER_STATE,
     POLICY_WEIGHTS,
+    PRETRAINED_DIR,
     TRAINING_STATE,
+    BestCheckpoint,
     DataOrder,
     DatasetInfo,
     TrainingState,
     step_of,
 )
-from piperctl.checkpoints.manager import CheckpointManager, resolve_checkpoint
+from piperctl.checkpoints.manager import CheckpointManager
 from piperctl.console import log, progress_bar
 from piperctl.errors import PiperctlError
 from piperctl.faults import maybe_crash
@@ -111,6 +113,7 @@ class Trainer:
     position: data.DataPosition
     topology: list[dict]
     resumed_from: Path | None
+    best: BestCheckpoint | None  # the lowest validation metric so far, and its checkpoint's step
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, run_id: str, dist: Dist | None = None) -> None:
         self.cfg = cfg
@@ -125,6 +128,7 @@ class Trainer:
         self.position = data.DataPosition()
         self.resumed_from = None
         self._shadow: torch.nn.Module | None = None
+        self.best = None
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -177,6 +181,7 @@ class Trainer:
         self.train_episodes = [e for e in range(self.meta.total_episodes) if e not in held_out]
 
     def _build_fresh(self) -> None:
+        from piperctl.training.init_from import init_policy_config
         from piperctl.training.policy import build_policy, make_policy_config, new_processors
 
         cfg = self.cfg
@@ -184,10 +189,14 @@ class Trainer:
         options = dict(cfg.policy_options)
         if cfg.lr is not None:
             options.setdefault("optimizer_lr", cfg.lr)
-        self.policy_cfg = make_policy_config(cfg.policy, self.device, options)
+        init = self._init_source() if cfg.init_from else None
+        if init is None:
+            self.policy_cfg = make_policy_config(cfg.policy, self.device, options)
+        else:
+            self.policy_cfg = init_policy_config(init, cfg.policy, self.device, options, self.meta)
         self.policy = build_policy(self.policy_cfg, self.meta)
-        if cfg.init_from:
-            self._init_weights(Path(cfg.init_from))
+        if init is not None:
+            self._init_weights(init)
         self._set_feature_shapes(check_against=None)
         self.policy.to(self.device)
         stats = data.train_stats(self.meta, self.train_episodes)
@@ -236,21 +245,21 @@ class Trainer:
             self.topology.append(self._topology_entry(self.step))
             self._log_world_size_change(state, rng.saved_ranks(folder))
         self.resumed_from = folder
+        self._restore_best(state)
         # The checkpoint resumed from stays until a newer one is saved, whatever --keep-last says.
         self.ckpts.protect = folder
         self.ckpts.last = folder
 
-    def _init_weights(self, path: Path) -> None:
-        from piperctl.checkpoints.model import load_policy_config, load_weights
+    def _init_source(self) -> Any:
+        from piperctl.checkpoints.sources import resolve_pretrained
 
-        folder, _ = resolve_checkpoint(path)
-        init_cfg = load_policy_config(folder, self.device)
-        if init_cfg.type != self.policy_cfg.type:
-            raise PiperctlError(
-                f"--init-from {folder} holds a {init_cfg.type!r} policy, not {self.policy_cfg.type!r}"
-            )
-        load_weights(self.policy, folder / POLICY_WEIGHTS)
-        log(f"initialised weights from {folder}")
+        return resolve_pretrained(self.cfg.init_from)
+
+    def _init_weights(self, init: Any) -> None:
+        from piperctl.checkpoints.model import load_weights
+
+        load_weights(self.policy, init.folder / init.layout.weights)
+        log(f"initialised weights from {init.description}")
 
     def _set_feature_shapes(self, check_against: Path | None) -> None:
         from piperctl.checkpoints.model import feature_shapes
@@ -429,16 +438,8 @@ class Trainer:
             topology=self.topology,
             versions=_versions(),
             resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            best=self.best,
         )
-
-    def _write_model(self, folder: Path) -> None:
-        from piperctl.checkpoints.model import save_model_files
-
-        save_model_files(folder, self.policy, self.preprocessor, self.postprocessor)
-
-    def _write_final_model(self, folder: Path) -> None:
-        self._write_model(folder)
-        maybe_crash("mid-final-save", self.step)
 
     def save_checkpoint(self, background: bool = False) -> Path | None:
         """Write checkpoint-<step> (rank 0, with every rank's RNG states); the manager publishes and rotates.
@@ -489,8 +490,19 @@ class Trainer:
         # Several processes save synchronously: every rank must learn at once that a save failed.
         return self.cfg.async_save and self.dist.world_size == 1
 
+    def _write_final(self, folder: Path) -> None:
+        from piperctl.checkpoints.export import model_card, model_info, write_model_info
+        from piperctl.checkpoints.format import LEROBOT_LAYOUT, MODEL_CARD
+        from piperctl.checkpoints.model import save_model_files
+
+        save_model_files(folder, self.policy, self.preprocessor, self.postprocessor, LEROBOT_LAYOUT)
+        info = model_info(self.training_state(), self.run_dir, "final")
+        write_model_info(folder, info)
+        (folder / MODEL_CARD).write_text(model_card(info), encoding="utf-8")
+        maybe_crash("mid-final-save", self.step)
+
     def _finish(self) -> None:
-        self.ckpts.save_final(self.step, self._write_final_model)
+        self.ckpts.save_final(self.step, self._write_final)
         plot_loss_curve(self.run_dir / METRICS_FILE, self.run_dir / LOSS_CURVE)
 
     @property
@@ -538,6 +550,38 @@ class Trainer:
                 hint="lower --lr, or resume from an earlier checkpoint",
             )
         return loss_value, grad_norm
+
+    @property
+    def best_metric(self) -> str:
+        """The validation metric that picks the best checkpoint (lower is better)."""
+        return self.cfg.resolved_best_metric()
+
+    def _update_best(self, value: float) -> bool:
+        """Record `value` of the best metric at this step; True when it is a new best."""
+        from piperctl.checkpoints.format import checkpoint_dir
+
+        if self.best is not None and self.best.metric == self.best_metric and not value < self.best.value:
+            return False
+        if self.best is not None and self.best.metric != self.best_metric:
+            log(f"best checkpoint now chosen by {self.best_metric} (was {self.best.metric})")
+        self.best = BestCheckpoint(self.step, self.best_metric, float(value))
+        self.ckpts.best = checkpoint_dir(self.run_dir, self.step)
+        return True
+
+    def _restore_best(self, state: TrainingState) -> None:
+        from piperctl.checkpoints.format import checkpoint_dir
+
+        self.best = state.best
+        if state.best is not None and checkpoint_dir(self.run_dir, state.best.step).is_dir():
+            self.ckpts.best = checkpoint_dir(self.run_dir, state.best.step)
+
+    def validate_open_loop(self) -> float:
+        """Open-loop action error (mean normalised MAE of the executed action) on the held-out episodes."""
+        from piperctl.evaluation.openloop import score_during_training
+
+        value = self.dist.broadcast(score_during_training(self) if self.dist.is_main else None)
+        self.policy.train()
+        return float(value)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -597,15 +641,20 @@ class Trainer:
                     "epoch": self.position.epoch,
                     "samples": self.samples_seen,
                 }
+                new_best = False
                 if self.val_loader is not None and (self.step % eval_every == 0 or self.step == cfg.steps):
                     record["val_loss"] = self.validate()
+                    if self.best_metric == "val_action_nmae":
+                        record["val_action_nmae"] = self.validate_open_loop()
+                    new_best = self._update_best(record[self.best_metric])
                 steps_since += 1
                 if self.step % cfg.log_every == 0 or "val_loss" in record or self.step == cfg.steps:
                     now = time.perf_counter()
                     record["steps_per_s"] = steps_since / max(now - t_last, 1e-9)
                     metrics.write(record)
                     t_last, steps_since = now, 0
-                if self.ckpts.should_save(self.step):
+                # A new best is always checkpointed, so that the best step can be exported and resumed.
+                if self.ckpts.should_save(self.step) or new_best:
                     self.save_checkpoint(background=self._background_saves)
                 bar.update(1, **self._bar_fields(record, rate.tick()))
             if stop_signal:
@@ -613,7 +662,15 @@ class Trainer:
             self.ckpts.wait()
         metrics.close()
         dist.all_or_none(self._finish, main_only=True)
-        log(f"done: step {self.step}, final model in {self.run_dir}, last checkpoint {self.ckpts.last}")
+        log(
+            f"done: step {self.step}, final model in {self.run_dir / PRETRAINED_DIR} (lerobot layout), "
+            f"last checkpoint {self.ckpts.last}"
+            + (
+                f", best checkpoint-{self.best.step} ({self.best.metric} {self.best.value:.4g})"
+                if self.best
+                else ""
+            )
+        )
         dist.close()
         return TrainResult(
             run_dir=self.run_dir, step=self.step, last_checkpoint=self.ckpts.last, losses=losses

@@ -1,0 +1,364 @@
+"""Exports: a model in lerobot's own `pretrained_model` layout, with a model card, sealed, and pushed to the Hub.
+
+Checkpoints keep piperctl's file names (docs/checkpoint-format.md); an export renames the model half
+to lerobot's (`model.safetensors`, `policy_preprocessor.json`, ...) so that
+`PreTrainedPolicy.from_pretrained` and `make_pre_post_processors(pretrained_path=...)` load it
+unchanged. Files are copied byte for byte (the weights are the checkpoint's, bit for bit), then the
+folder is published through `publish` like every other folder piperctl writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from piperctl import __version__
+from piperctl.checkpoints import format as fmt
+from piperctl.checkpoints.integrity import publish, sha256_file
+from piperctl.checkpoints.sources import ModelSource, resolve_model
+from piperctl.checkpoints.untrusted import processor_config_problems
+from piperctl.console import log
+from piperctl.errors import PiperctlError
+
+MODEL_INFO_FORMAT = "piperctl-model"
+EVAL_REPORT = "eval.json"
+
+
+@dataclass
+class ExportResult:
+    """What `export_model` wrote (and pushed)."""
+
+    out: Path | None
+    source: ModelSource
+    repo_url: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# what the model is: piperctl.json
+
+
+def _loss_at(run_dir: Path | None, step: int | None, key: str) -> float | None:
+    """The last `key` in the run's metrics.jsonl at or before `step` (None when unknown)."""
+    if run_dir is None or step is None:
+        return None
+    value = None
+    for row in fmt.read_metrics(run_dir / fmt.METRICS_FILE):
+        if row["step"] <= step and isinstance(row.get(key), int | float):
+            value = float(row[key])
+    return value
+
+
+def model_info(
+    state: fmt.TrainingState, run_dir: Path | None, source: str, best: fmt.BestCheckpoint | None = None
+) -> dict[str, Any]:
+    """piperctl.json for a model saved from training state `state` (losses read from the run's metrics)."""
+    return {
+        "format": MODEL_INFO_FORMAT,
+        "version": 1,
+        "source": source,
+        "step": state.step,
+        "run_id": state.run_id,
+        "policy_type": state.policy_type,
+        "feature_shapes": state.feature_shapes,
+        "dataset": asdict(state.dataset) if state.dataset is not None else None,
+        "train_loss": _loss_at(run_dir, state.step, "loss"),
+        "val_loss": _loss_at(run_dir, state.step, "val_loss"),
+        "best": asdict(best or state.best) if (best or state.best) is not None else None,
+        "versions": state.versions,
+        "created": fmt.utc_now(),
+    }
+
+
+def write_model_info(folder: Path, info: dict[str, Any]) -> None:
+    """Write piperctl.json into a folder being published."""
+    (folder / fmt.MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _info_for(source: ModelSource) -> dict[str, Any]:
+    if source.state is not None:
+        name = "best" if source.kind == "best" else source.folder.name
+        return model_info(source.state, source.run_dir, name, source.best)
+    if source.info is not None:
+        return dict(source.info)
+    from piperctl.checkpoints.model import load_policy_config
+
+    cfg = load_policy_config(source.folder, "cpu")
+    return {
+        "format": MODEL_INFO_FORMAT,
+        "version": 1,
+        "source": str(source.folder),
+        "step": None,
+        "policy_type": cfg.type,
+        "dataset": None,
+        "created": fmt.utc_now(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the folder
+
+
+def _copy(src: Path, dst: Path) -> None:
+    # Plain bytes: the export's weights are the checkpoint's, bit for bit (no re-serialisation).
+    shutil.copyfile(src, dst)
+
+
+def _copy_processor(source: ModelSource, name: str, new_name: str, tmp: Path) -> None:
+    """Copy a processor config under lerobot's name, with the state files it names (checked first)."""
+    problems = processor_config_problems(source.folder, name)
+    if problems:
+        raise PiperctlError(
+            f"{source.folder}: {problems[0].message}", hint="the model's processors are unsafe or damaged"
+        )
+    config = json.loads((source.folder / name).read_text(encoding="utf-8"))
+    _copy(source.folder / name, tmp / new_name)
+    for step in config["steps"]:
+        state_file = step.get("state_file")
+        if state_file and not (tmp / state_file).exists():
+            _copy(source.folder / state_file, tmp / state_file)
+
+
+def lerobot_writer(source: ModelSource, info: dict[str, Any], eval_report: dict | None = None):
+    """A `publish` writer that fills a folder with `source`'s model in lerobot's layout, card and info."""
+
+    def write(tmp: Path) -> None:
+        layout = source.layout
+        _copy(source.folder / layout.weights, tmp / fmt.LEROBOT_WEIGHTS)
+        _copy(source.folder / fmt.POLICY_CONFIG, tmp / fmt.POLICY_CONFIG)
+        _copy_processor(source, layout.preprocessor, fmt.LEROBOT_PREPROCESSOR, tmp)
+        _copy_processor(source, layout.postprocessor, fmt.LEROBOT_POSTPROCESSOR, tmp)
+        write_model_info(tmp, info)
+        if eval_report is not None:
+            (tmp / EVAL_REPORT).write_text(json.dumps(eval_report, indent=2) + "\n", encoding="utf-8")
+        (tmp / fmt.MODEL_CARD).write_text(model_card(info, eval_report), encoding="utf-8")
+
+    return write
+
+
+def load_eval_report(path: Path, source: ModelSource) -> dict:
+    """An `eval --json` report for `source`'s weights (a report about other weights is refused)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise PiperctlError(f"--eval-report {path} does not exist") from e
+    except (OSError, ValueError) as e:
+        raise PiperctlError(f"--eval-report {path} is not valid JSON ({e})") from e
+    if not isinstance(report, dict) or report.get("format") != "piperctl-eval":
+        raise PiperctlError(f"--eval-report {path} is not a 'piperctl eval --json' report")
+    digest = (report.get("model") or {}).get("weights_sha256")
+    if digest != weights_digest(source.folder, source.layout):
+        raise PiperctlError(
+            f"--eval-report {path} evaluated other weights than {source.description}",
+            hint=f"run 'piperctl eval {source.folder} --json' for this model",
+        )
+    return report
+
+
+def export_model(
+    path: str | Path,
+    out: str | Path | None,
+    *,
+    force: bool = False,
+    final: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    eval_report: str | Path | None = None,
+) -> ExportResult:
+    """Export the model at `path` (a run: its best checkpoint by default) to folder `out`, and optionally push it."""
+    source = resolve_model(path, final=final)
+    if push_to_hub is not None:
+        hub_preflight(push_to_hub)  # before anything is written: offline or logged out fails cleanly
+    if out is None:
+        if push_to_hub is None:
+            raise PiperctlError(
+                "no OUT folder given", hint="pass OUT, or --push-to-hub REPO_ID for an exported model"
+            )
+        if source.kind != "model" or source.layout is not fmt.LEROBOT_LAYOUT:
+            raise PiperctlError(
+                f"{path} is not an exported model",
+                hint="pass an OUT folder to export it first (it is pushed from there)",
+            )
+        log(f"pushing {source.description}")
+        return ExportResult(None, source, push_folder(source.folder, push_to_hub, private))
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise PiperctlError(f"{out} is a file", hint="choose a folder to export into")
+        if any(out.iterdir()) and not force:
+            raise PiperctlError(f"{out} already exists and is not empty", hint="pass --force to replace it")
+        if out.resolve() == source.folder.resolve() or out.resolve() in source.folder.resolve().parents:
+            raise PiperctlError(f"{out} holds the model being exported", hint="choose another OUT folder")
+    report = load_eval_report(Path(eval_report), source) if eval_report is not None else None
+    info = _info_for(source)
+    log(f"exporting {source.description}")
+    try:
+        publish(out, lerobot_writer(source, info, report), source.step)
+    except OSError as e:
+        raise PiperctlError(
+            f"cannot write {out} ({e.strerror or e})", hint="check the path, permissions and free space"
+        ) from e
+    log(f"exported to {out} (lerobot layout: load with PreTrainedPolicy.from_pretrained('{out}'))")
+    url = push_folder(out, push_to_hub, private) if push_to_hub is not None else None
+    return ExportResult(out, source, url)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hub
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    )
+
+
+def hub_preflight(repo_id: str) -> None:
+    """Refuse a push that cannot work (bad id, offline, not logged in) before anything is written."""
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except Exception as e:  # noqa: BLE001 - HFValidationError
+        raise PiperctlError(
+            f"--push-to-hub {repo_id!r} is not a valid repo id ({e})", hint="use OWNER/NAME"
+        ) from e
+    if "/" not in repo_id:
+        raise PiperctlError(
+            f"--push-to-hub {repo_id!r} is not OWNER/NAME", hint="e.g. --push-to-hub me/piper_act"
+        )
+    if _offline():
+        raise PiperctlError(
+            f"cannot push to {repo_id}: HF_HUB_OFFLINE is set, nothing was pushed",
+            hint="unset HF_HUB_OFFLINE and retry when online",
+        )
+    if get_token() is None:
+        raise PiperctlError(
+            f"cannot push to {repo_id}: not logged in to the Hugging Face Hub, nothing was pushed",
+            hint="run 'hf auth login' or set HF_TOKEN",
+        )
+
+
+def push_folder(folder: Path, repo_id: str, private: bool) -> str:
+    """Create the Hub repo (if needed) and upload the folder in one commit; the repo's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        # One commit: the Hub shows either the whole export or none of it.
+        api.upload_folder(
+            repo_id=repo.repo_id,
+            folder_path=folder,
+            repo_type="model",
+            commit_message=f"Upload policy exported by piperctl {__version__}",
+        )
+    except Exception as e:  # noqa: BLE001 - network, auth and Hub errors come in many types
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        why = (
+            "not authorised (check your token's write access)"
+            if status in (401, 403)
+            else (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        )
+        raise PiperctlError(
+            f"push to {repo_id} failed: {why}; nothing was committed",
+            hint=f"the export in {folder} is complete: retry with 'piperctl export {folder} --push-to-hub {repo_id}'",
+        ) from e
+    url = str(getattr(repo, "url", f"https://huggingface.co/{repo_id}"))
+    log(f"pushed to {url}")
+    return url
+
+
+# ---------------------------------------------------------------------------------------------
+# the model card
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card(info: dict[str, Any], eval_report: dict | None = None) -> str:
+    """README.md for an export: Hub metadata, what the policy is, how it was trained and scored, how to load it."""
+    import lerobot
+    from huggingface_hub import ModelCardData
+
+    dataset = info.get("dataset") or {}
+    policy = info.get("policy_type") or "policy"
+    ds_id = dataset.get("id")
+    data = ModelCardData(
+        library_name="lerobot",
+        pipeline_tag="robotics",
+        license="apache-2.0",
+        tags=sorted({"robotics", "lerobot", "piperctl", str(policy)}),
+        datasets=[ds_id] if ds_id and "/" in ds_id and not ds_id.startswith("local/") else None,
+    )
+    versions = info.get("versions") or {}
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {policy} policy trained with piperctl",
+        "",
+        f"A [lerobot](https://github.com/huggingface/lerobot) `{policy}` policy, exported by piperctl in lerobot's "
+        "`pretrained_model` layout.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| policy type | `{policy}` |",
+        f"| dataset | `{_fmt(ds_id)}` |",
+        f"| dataset fingerprint | `{_fmt(dataset.get('fingerprint'))}` |",
+        f"| episodes (train / validation) | {len(dataset.get('train_episodes') or [])} / {len(dataset.get('val_episodes') or [])} |",
+        f"| optimizer steps | {_fmt(info.get('step'))} |",
+        f"| train loss | {_fmt(info.get('train_loss'))} |",
+        f"| validation loss | {_fmt(info.get('val_loss'))} |",
+    ]
+    best = info.get("best")
+    if isinstance(best, dict):
+        lines.append(
+            f"| best checkpoint | step {best.get('step')} ({best.get('metric')} {_fmt(best.get('value'))}) |"
+        )
+    lines += [
+        f"| piperctl | {versions.get('piperctl') or __version__} |",
+        f"| lerobot | {versions.get('lerobot') or lerobot.__version__} |",
+        "",
+    ]
+    if eval_report is not None:
+        from piperctl.evaluation.report import to_markdown
+
+        lines += ["## Open-loop evaluation", "", to_markdown(eval_report), ""]
+    lines += [
+        "## How to load it",
+        "",
+        "```python",
+        "from lerobot.configs.policies import PreTrainedConfig",
+        "from lerobot.policies.factory import get_policy_class, make_pre_post_processors",
+        "",
+        'path = "THIS_FOLDER_OR_REPO_ID"',
+        "cfg = PreTrainedConfig.from_pretrained(path)",
+        "policy = get_policy_class(cfg.type).from_pretrained(path)",
+        "preprocessor, postprocessor = make_pre_post_processors(cfg, pretrained_path=path)",
+        "action = postprocessor(policy.select_action(preprocessor(observation)))",
+        "```",
+        "",
+        "On the arm: `lerobot-rollout --policy.path=THIS_FOLDER_OR_REPO_ID ...`; to fine-tune: "
+        "`piperctl train --init-from THIS_FOLDER_OR_REPO_ID ...` or `lerobot-train --policy.path=...`.",
+        "",
+        "`manifest.json` lists the sha256 of every file: `piperctl checkpoints verify FOLDER` proves the copy intact.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def weights_digest(folder: Path, layout: fmt.ModelLayout) -> str:
+    """sha256 of a model folder's weights file (what an eval report names its model by)."""
+    return sha256_file(folder / layout.weights)

@@ -1,0 +1,235 @@
+"""Where a model comes from: a checkpoint, a run (its best, final or newest model), an export, or a lerobot folder.
+
+`export`, `eval` and `train --init-from` all take such a path; this module turns it into one
+`ModelSource` (the folder, its file layout, and what piperctl knows about how it was trained) and
+says which model of a run it picked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from piperctl.checkpoints import format as fmt
+from piperctl.checkpoints.integrity import hash_pending, scan_checkpoint
+from piperctl.errors import PiperctlError
+
+# A Hub model id: owner/name, nothing else (a local path with one slash that does not exist reads as one).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+@dataclass
+class ModelSource:
+    """A model folder and what is known about it."""
+
+    folder: Path
+    layout: fmt.ModelLayout
+    kind: str  # checkpoint | best | final | model (an export or a lerobot pretrained_model)
+    description: str  # for people: which model this is and why it was picked
+    run_dir: Path | None = None
+    state: fmt.TrainingState | None = None  # a checkpoint's training state
+    info: dict[str, Any] | None = None  # piperctl.json of a final model or an export
+    best: fmt.BestCheckpoint | None = None
+
+    @property
+    def step(self) -> int | None:
+        """The optimizer step the weights were saved at, when known."""
+        if self.state is not None:
+            return self.state.step
+        step = (self.info or {}).get("step")
+        return step if isinstance(step, int) else None
+
+    @property
+    def dataset(self) -> dict[str, Any] | None:
+        """The training dataset (`id`, `root`, `fingerprint`, `train_episodes`, `val_episodes`, ...), when known."""
+        if self.state is not None and self.state.dataset is not None:
+            from dataclasses import asdict
+
+            return asdict(self.state.dataset)
+        data = (self.info or {}).get("dataset")
+        return data if isinstance(data, dict) else None
+
+    @property
+    def val_episodes(self) -> list[int]:
+        """The episodes the run held out for validation (empty when none or unknown)."""
+        eps = (self.dataset or {}).get("val_episodes") or []
+        return [int(e) for e in eps if isinstance(e, int)]
+
+
+def read_model_info(folder: Path) -> dict[str, Any] | None:
+    """piperctl.json of a model folder (None when absent or unreadable: a plain lerobot folder has none)."""
+    try:
+        data = json.loads((folder / fmt.MODEL_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _state_of(folder: Path) -> fmt.TrainingState | None:
+    """A checkpoint's training state, read leniently (None when it does not parse)."""
+    try:
+        data = json.loads((folder / fmt.TRAINING_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if fmt.TrainingState.problems(data):
+        return None
+    return fmt.TrainingState.from_json(data)
+
+
+def find_best(run_dir: Path) -> tuple[fmt.BestCheckpoint, Path] | None:
+    """The best checkpoint a run recorded (from its newest readable training state), if that folder still exists."""
+    for folder in reversed(fmt.list_checkpoints(run_dir)):
+        state = _state_of(folder)
+        if state is None:
+            continue
+        if state.best is None:
+            return None
+        path = fmt.checkpoint_dir(run_dir, state.best.step)
+        return (state.best, path) if path.is_dir() else None
+    return None
+
+
+def _require_intact(
+    folder: Path, what: str, required: tuple[str, ...] = fmt.REQUIRED_FILES, strict: bool = True
+) -> None:
+    """Refuse a folder that disagrees with its manifest (sizes and sha256), before anything loads it."""
+    check = scan_checkpoint(folder, required=required, strict_contents=strict)
+    if check.ok:
+        hash_pending([check])
+    if not check.ok:
+        raise PiperctlError(
+            f"{what} {folder} is {check.state}: {'; '.join(check.problems)}",
+            hint=f"run 'piperctl checkpoints verify {folder}' for details, or pick another checkpoint",
+        )
+
+
+def _checkpoint_source(folder: Path, kind: str, description: str, best: fmt.BestCheckpoint | None = None):
+    from piperctl.checkpoints.manager import read_training_state
+
+    _require_intact(folder, "checkpoint")
+    state = read_training_state(folder)
+    return ModelSource(
+        folder, fmt.CHECKPOINT_LAYOUT, kind, description, run_dir=folder.parent, state=state, best=best
+    )
+
+
+def resolve_model(path: str | Path, *, final: bool = False) -> ModelSource:
+    """The model at `path`: a checkpoint-N folder, a model folder, or a run (its best, else final, else newest).
+
+    With `final`, a run gives its final model even when it recorded a best checkpoint.
+    """
+    from piperctl.checkpoints.manager import find_resumable
+
+    path = Path(path)
+    if not path.exists():
+        raise PiperctlError(
+            f"{path} does not exist", hint="pass a run folder, a checkpoint-N folder or an exported model"
+        )
+    if not path.is_dir():
+        raise PiperctlError(
+            f"{path} is not a folder", hint="pass a run folder, a checkpoint-N folder or an exported model"
+        )
+    if fmt.looks_like_checkpoint(path):
+        return _checkpoint_source(path, "checkpoint", f"checkpoint {path.name}")
+    is_run = (path / fmt.RUN_FILE).is_file() or bool(fmt.list_checkpoints(path))
+    if is_run:
+        best = None if final else find_best(path)
+        if best is not None:
+            record, folder = best
+            return _checkpoint_source(
+                folder,
+                "best",
+                f"{folder.name}, the run's best checkpoint ({record.metric} {record.value:.4g} at step {record.step})",
+                best=record,
+            )
+        final_dir = path / fmt.PRETRAINED_DIR
+        if (final_dir / fmt.MANIFEST).is_file():
+            _require_intact(final_dir, "final model", fmt.LEROBOT_LAYOUT.files)
+            info = read_model_info(final_dir)
+            step = (info or {}).get("step")
+            return ModelSource(
+                final_dir,
+                fmt.LEROBOT_LAYOUT,
+                "final",
+                f"the run's final model ({fmt.PRETRAINED_DIR}, step {step})",
+                run_dir=path,
+                info=info,
+            )
+        if (path / fmt.MANIFEST).is_file() and (path / fmt.POLICY_WEIGHTS).is_file():
+            # A run written before final models moved to pretrained_model/: its files sit in the run folder.
+            _require_intact(path, "final model", fmt.MODEL_FILES, strict=False)
+            return ModelSource(path, fmt.CHECKPOINT_LAYOUT, "final", "the run's final model", run_dir=path)
+        if final:
+            raise PiperctlError(
+                f"{path} has no final model yet (training did not finish)",
+                hint="drop --final to use its newest checkpoint",
+            )
+        folder, _ = find_resumable(path)
+        return _checkpoint_source(folder, "checkpoint", f"{folder.name}, the run's newest intact checkpoint")
+    if (path / fmt.POLICY_CONFIG).is_file():
+        layout = fmt.model_layout(path)
+        if (path / fmt.MANIFEST).is_file():
+            _require_intact(path, "model", layout.files)
+        info = read_model_info(path)
+        return ModelSource(path, layout, "model", f"the model in {path}", info=info)
+    raise PiperctlError(
+        f"{path} holds no model (no config.json, no checkpoint-N folders)",
+        hint="pass a run folder, a checkpoint-N folder, an exported model or a lerobot pretrained_model folder",
+    )
+
+
+def resolve_pretrained(spec: str | Path) -> ModelSource:
+    """`--init-from`: a local model (as `resolve_model`), or a Hub model id such as `lerobot/act_aloha_sim_transfer_cube_human`."""
+    path = Path(spec)
+    if path.exists() or not _HUB_ID.match(str(spec)):
+        return resolve_model(path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        folder = snapshot_download(
+            str(spec), allow_patterns=[fmt.POLICY_CONFIG, fmt.LEROBOT_WEIGHTS, "*.json", "*.safetensors"]
+        )
+    except (HFValidationError, ValueError) as e:
+        raise PiperctlError(f"--init-from {spec} is neither a local folder nor a Hub model id ({e})") from e
+    except Exception as e:  # noqa: BLE001 - offline, not found, unauthorized: huggingface_hub has many error types
+        offline = "offline" in f"{type(e).__name__} {e}".lower()
+        raise PiperctlError(
+            f"cannot download {spec} from the Hugging Face Hub"
+            + (
+                " (HF_HUB_OFFLINE is set)"
+                if offline
+                else f" ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ),
+            hint="go online, or pass a local pretrained_model folder"
+            if offline
+            else "check the model id and your network/login",
+        ) from e
+    folder = Path(folder)
+    if not (folder / fmt.LEROBOT_WEIGHTS).is_file():
+        raise PiperctlError(
+            f"Hub model {spec} has no {fmt.LEROBOT_WEIGHTS}", hint="pass a lerobot policy repo"
+        )
+    return ModelSource(folder, fmt.LEROBOT_LAYOUT, "model", f"Hub model {spec}", info=read_model_info(folder))
+
+
+def check_features_fit(policy_cfg: Any, ds_meta: Any, what: str) -> None:
+    """Refuse a policy whose input/output features are missing from, or shaped otherwise in, the dataset."""
+    from piperctl.checkpoints.model import feature_shapes
+    from piperctl.training.policy import dataset_feature_shapes
+
+    have = dataset_feature_shapes(ds_meta)
+    for key, shape in feature_shapes(policy_cfg).items():
+        if key not in have:
+            raise PiperctlError(
+                f"{what} expects feature {key} (shape {shape}), which the dataset does not have",
+                hint=f"the dataset has: {', '.join(sorted(have))}",
+            )
+        if have[key] != shape:
+            raise PiperctlError(
+                f"{what} expects {key} of shape {shape}, the dataset's {key} has shape {have[key]}",
+                hint="use a dataset recorded with the same cameras, state and action sizes",
+            )

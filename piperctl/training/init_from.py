@@ -1,0 +1,53 @@
+"""`--init-from`: start a new run from the weights of a piperctl model or of a lerobot `pretrained_model`.
+
+As with `lerobot-train --policy.path`, the architecture comes from the pretrained config and
+`--policy-opt` overrides single fields; the weights are then loaded strictly (every tensor, same
+shapes). The dataset must offer every feature the pretrained policy reads, with the same shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from piperctl.errors import PiperctlError
+
+# Fields that describe where a config was used, not the architecture: never carried over.
+_NOT_CARRIED = {"device", "pretrained_path", "push_to_hub", "repo_id", "private", "tags", "license"}
+
+
+def init_policy_config(
+    init: Any, policy_type: str, device: str, options: dict[str, Any], ds_meta: Any
+) -> Any:
+    """The policy config of a run initialised from `init` (a `ModelSource`), with `options` applied."""
+    from piperctl.checkpoints.model import load_policy_config
+    from piperctl.checkpoints.sources import check_features_fit
+    from piperctl.training.policy import _decode
+
+    base = load_policy_config(init.folder, device)
+    if base.type != policy_type:
+        raise PiperctlError(
+            f"--init-from {init.description} holds a {base.type!r} policy, not {policy_type!r}",
+            hint=f"pass --policy {base.type}",
+        )
+    check_features_fit(base, ds_meta, f"--init-from {init.description}")
+    cls = type(base)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise PiperctlError(
+            f"{policy_type} policy has no option {', '.join(unknown)}",
+            hint=f"valid options: {', '.join(sorted(n for n in fields if not n.startswith('_')))}",
+        )
+    carried = {
+        f.name: getattr(base, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in _NOT_CARRIED and f.name not in options
+    }
+    if "pretrained_backbone_weights" in fields and "pretrained_backbone_weights" not in options:
+        # The pretrained weights replace the backbone anyway: never download ImageNet weights for it.
+        carried["pretrained_backbone_weights"] = None
+    try:
+        return cls(**{**carried, **_decode(cls, options), "device": device, "push_to_hub": False})
+    except (TypeError, ValueError) as e:
+        raise PiperctlError(f"invalid {policy_type} policy options on top of --init-from: {e}") from e
