@@ -106,7 +106,9 @@ def timed(dataset, order: list[int], args) -> tuple[float, int]:
     warmup = 2
     n = 0
     with PeakRss() as rss:
-        it = iter(loader(dataset, order[: (args.batches + warmup) * args.batch_size], args.workers, args.batch_size))
+        it = iter(
+            loader(dataset, order[: (args.batches + warmup) * args.batch_size], args.workers, args.batch_size)
+        )
         for _ in range(warmup):
             next(it)
         t0 = time.perf_counter()
@@ -124,7 +126,12 @@ def same_batch(a: dict, b: dict) -> bool:
     for k in a:
         x, y = a[k], b[k]
         if isinstance(x, torch.Tensor):
-            if not (isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)):
+            if not (
+                isinstance(y, torch.Tensor)
+                and x.dtype == y.dtype
+                and x.shape == y.shape
+                and torch.equal(x, y)
+            ):
                 return False
         elif x != y:
             return False
@@ -140,7 +147,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 warm-up batches)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each loader, alternating")
-    ap.add_argument("--obs-frames", type=int, default=2, help="frames per camera per sample (diffusion: 2, ACT: 1)")
+    ap.add_argument(
+        "--obs-frames", type=int, default=2, help="frames per camera per sample (diffusion: 2, ACT: 1)"
+    )
     ap.add_argument("--check-batches", type=int, default=6, help="batches compared bit for bit")
     args = ap.parse_args()
     h, w = (int(x) for x in args.size.lower().split("x"))
@@ -197,14 +206,20 @@ def main() -> None:
             peaks[name] = max(peaks[name], peak)
 
     load = os.getloadavg()
-    print(f"\nmachine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load average {load[0]:.2f}")
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load average {load[0]:.2f}"
+    )
     print(
         f"dataset: {args.episodes} episodes x {args.frames} frames, 2 cameras {h}x{w} AV1, "
         f"{len(plain)} samples, {args.obs_frames} frame(s)/camera/sample"
     )
-    print(f"loader: {args.workers} workers, batch {args.batch_size}, {args.batches} timed batches x {args.repeats} runs each")
-    print(f"cache: built in {build_s:.1f} s, reopened in {reuse_s:.2f} s, {on_disk / 2**20:.0f} MiB on disk "
-          f"(cache_size_bytes says {cache_size_bytes(plain) / 2**20:.0f} MiB)")
+    print(
+        f"loader: {args.workers} workers, batch {args.batch_size}, {args.batches} timed batches x {args.repeats} runs each"
+    )
+    print(
+        f"cache: built in {build_s:.1f} s, reopened in {reuse_s:.2f} s, {on_disk / 2**20:.0f} MiB on disk "
+        f"(cache_size_bytes says {cache_size_bytes(plain) / 2**20:.0f} MiB)"
+    )
     print(f"bit-identical batches: {identical}/{checked}")
     print("\n| loader | samples/s (median) | runs | peak RSS (main + workers) |")
     print("|---|---:|---|---:|")

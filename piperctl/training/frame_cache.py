@@ -188,7 +188,9 @@ def _locked(cache_dir: Path, who: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _decode_into(path: Path, shape: tuple[int, int, int], out: Any, on_frame: Callable[[], None]) -> list[float]:
+def _decode_into(
+    path: Path, shape: tuple[int, int, int], out: Any, on_frame: Callable[[], None]
+) -> list[float]:
     """Decode every frame of a video as lerobot's PyAV path does (rgb24, CHW), appending them to `out`; their timestamps."""
     import av
 
@@ -211,7 +213,9 @@ def _decode_into(path: Path, shape: tuple[int, int, int], out: Any, on_frame: Ca
             timestamps.append(float(frame.pts * stream.time_base))
             on_frame()
     if not timestamps:
-        raise PiperctlError(f"{path} holds no video frames", hint="the video is damaged: copy or re-record it")
+        raise PiperctlError(
+            f"{path} holds no video frames", hint="the video is damaged: copy or re-record it"
+        )
     return timestamps
 
 
@@ -474,7 +478,9 @@ class CachedVideoDataset(torch.utils.data.Dataset):
             return [self[i] for i in range(*idx.indices(len(self)))]
         return self._get(int(idx), None, 0)
 
-    def getitems(self, indices: list[int], around: Callable[[int], AbstractContextManager] | None = None) -> Batch:
+    def getitems(
+        self, indices: list[int], around: Callable[[int], AbstractContextManager] | None = None
+    ) -> Batch:
         """Samples `indices` (as `dataset[i]` each), the i-th loaded inside `around(i)` if given (e.g. seeded RNGs)."""
         sink = _Sink(len(indices))
         items = []
