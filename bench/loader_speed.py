@@ -1,14 +1,15 @@
 """Samples/s a DataLoader delivers over lerobot's LeRobotDataset vs over piperctl's frame cache, side by side.
 
-One synthesized video dataset (two 480x640 cameras by default), opened with diffusion-style
-delta_timestamps (two frames of each camera and of the state, a 16-step action chunk); the same
+One synthesized video dataset (two 480x640 cameras by default), opened with delta_timestamps for a
+16-step action chunk and an observation window of two frames per camera (diffusion-style), then of
+one (ACT-style); for each, the same
 DataLoader settings (workers, batch size, one shuffled order) over both datasets, alternately. Reports
 the cache build time, steady-state samples/s of both, the ratio, the cache size on disk and the peak
 memory of each loader (main process + workers), and checks that a sample of batches spread through
 the order are bit-identical (every tensor `torch.equal`, same keys, dtypes and tasks).
 
     .venv/bin/python bench/loader_speed.py [--episodes 6] [--frames 60] [--size 480x640]
-        [--workers 2] [--batch-size 8] [--batches 30] [--repeats 2] [--obs-frames 2]
+        [--workers 2] [--batch-size 8] [--batches 30] [--repeats 2] [--obs-frames 2,1]
 """
 
 from __future__ import annotations
@@ -36,24 +37,32 @@ import torch  # noqa: E402
 
 
 class PeakRss:
-    """Peak resident memory of this process and its children (DataLoader workers), sampled every 50 ms."""
+    """Peak memory of this process and its children (DataLoader workers), sampled every 100 ms.
+
+    RSS counts pages shared between the processes (libraries, the cache's memory map, batches in
+    shared memory) once per process; PSS splits each shared page between the processes mapping it.
+    """
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            total = pss = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    full = p.memory_full_info()
                 except psutil.Error:
-                    pass
+                    continue
+                total += full.rss
+                pss += full.pss
             self.peak = max(self.peak, total)
-            time.sleep(0.05)
+            self.peak_pss = max(self.peak_pss, pss)
+            time.sleep(0.1)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -101,7 +110,7 @@ def loader(dataset, order: list[int], workers: int, batch_size: int):
     )
 
 
-def timed(dataset, order: list[int], args) -> tuple[float, int]:
+def timed(dataset, order: list[int], args) -> tuple[float, PeakRss]:
     """Steady-state samples/s over `args.batches` batches, after 2 warm-up batches (worker start-up)."""
     warmup = 2
     n = 0
@@ -116,7 +125,7 @@ def timed(dataset, order: list[int], args) -> tuple[float, int]:
             n += len(batch["index"])
         elapsed = time.perf_counter() - t0
         del it
-    return n / elapsed, rss.peak
+    return n / elapsed, rss
 
 
 def same_batch(a: dict, b: dict) -> bool:
@@ -148,21 +157,42 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=30, help="timed batches per run (after 2 warm-up batches)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each loader, alternating")
     ap.add_argument(
-        "--obs-frames", type=int, default=2, help="frames per camera per sample (diffusion: 2, ACT: 1)"
+        "--obs-frames",
+        default="2,1",
+        help="frames per camera per sample, one measurement each (diffusion: 2, ACT: 1)",
     )
     ap.add_argument("--check-batches", type=int, default=6, help="batches compared bit for bit")
     args = ap.parse_args()
     h, w = (int(x) for x in args.size.lower().split("x"))
 
     from piperctl.quiet import quiet_third_party
-    from piperctl.training.data import open_dataset
-    from piperctl.training.frame_cache import FrameCache, cache_size_bytes
 
     quiet_third_party()
     WORK.mkdir(parents=True, exist_ok=True)
     root = synth(args.episodes, args.frames, (h, w))
+    print(
+        f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"load average {os.getloadavg()[0]:.2f} at the start"
+    )
+    print(f"dataset: {args.episodes} episodes x {args.frames} frames, 2 cameras {h}x{w} AV1")
+    print(
+        f"loader: {args.workers} workers, batch {args.batch_size}, {args.batches} timed batches x {args.repeats} runs each"
+    )
+    failed = False
+    for n in (int(x) for x in args.obs_frames.split(",")):
+        failed |= not measure(root, n, args)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+    if failed:
+        sys.exit("FAILED: batches differ")
+
+
+def measure(root: Path, obs_frames: int, args) -> bool:
+    """One side-by-side measurement with `obs_frames` frames per camera; whether the checked batches matched."""
+    from piperctl.training.data import open_dataset
+    from piperctl.training.frame_cache import FrameCache, cache_size_bytes
+
     fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
-    obs = [(i - args.obs_frames + 1) / fps for i in range(args.obs_frames)]
+    obs = [(i - obs_frames + 1) / fps for i in range(obs_frames)]
     delta = {
         "observation.images.front": obs,
         "observation.images.wrist": obs,
@@ -198,38 +228,28 @@ def main() -> None:
         identical += same_batch(a, b)
 
     results: dict[str, list[float]] = {"lerobot": [], "piperctl": []}
-    peaks: dict[str, int] = {"lerobot": 0, "piperctl": 0}
+    peaks: dict[str, list[int]] = {"lerobot": [0, 0], "piperctl": [0, 0]}
     for _ in range(args.repeats):
         for name, ds in (("lerobot", plain), ("piperctl", cached)):
-            rate, peak = timed(ds, order, args)
+            rate, rss = timed(ds, order, args)
             results[name].append(rate)
-            peaks[name] = max(peaks[name], peak)
+            peaks[name] = [max(peaks[name][0], rss.peak), max(peaks[name][1], rss.peak_pss)]
 
-    load = os.getloadavg()
-    print(
-        f"\nmachine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load average {load[0]:.2f}"
-    )
-    print(
-        f"dataset: {args.episodes} episodes x {args.frames} frames, 2 cameras {h}x{w} AV1, "
-        f"{len(plain)} samples, {args.obs_frames} frame(s)/camera/sample"
-    )
-    print(
-        f"loader: {args.workers} workers, batch {args.batch_size}, {args.batches} timed batches x {args.repeats} runs each"
-    )
+    print(f"\n## {obs_frames} frame(s) per camera per sample ({len(plain)} samples)")
     print(
         f"cache: built in {build_s:.1f} s, reopened in {reuse_s:.2f} s, {on_disk / 2**20:.0f} MiB on disk "
         f"(cache_size_bytes says {cache_size_bytes(plain) / 2**20:.0f} MiB)"
     )
     print(f"bit-identical batches: {identical}/{checked}")
-    print("\n| loader | samples/s (median) | runs | peak RSS (main + workers) |")
+    print("\n| loader | samples/s (median) | runs | peak RSS / PSS (main + workers) |")
     print("|---|---:|---|---:|")
     for name in ("lerobot", "piperctl"):
         runs = ", ".join(f"{r:.1f}" for r in results[name])
-        print(f"| {name} | {statistics.median(results[name]):.1f} | {runs} | {peaks[name] / 2**30:.2f} GiB |")
+        rss, pss = (x / 2**30 for x in peaks[name])
+        print(f"| {name} | {statistics.median(results[name]):.1f} | {runs} | {rss:.2f} / {pss:.2f} GiB |")
     ratio = statistics.median(results["piperctl"]) / statistics.median(results["lerobot"])
     print(f"\nratio piperctl / lerobot: {ratio:.2f}x (goal >= 3)")
-    if identical != checked:
-        sys.exit("FAILED: batches differ")
+    return identical == checked
 
 
 if __name__ == "__main__":
