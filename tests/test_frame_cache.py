@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from piperctl.errors import PiperctlError
 from piperctl.training import frame_cache
-from piperctl.training.data import open_dataset
+from piperctl.training.data import isolated_rng, open_dataset
 from piperctl.training.frame_cache import FrameCache, cache_size_bytes, collate, pick_frames
 
 FPS = 30
@@ -170,12 +170,14 @@ def test_image_transforms_still_apply(video_ds: Path, tmp_path: Path) -> None:
         torch.manual_seed(i)
         assert_same(a, cached[i])
     assert not torch.equal(cached[6][WRIST], untransformed)
-    # Through the batch path too: transformed frames are collated (copied), not the untransformed rows.
+    # The batch path, each sample under its own seeded generators as the trainer loads them.
     rows = [1, 2, 3]
-    torch.manual_seed(9)
-    batch = collate(cached.getitems(rows))
-    torch.manual_seed(9)
-    assert_same(default_collate([plain[i] for i in rows]), batch)
+    batch = collate(cached.getitems(rows, around=lambda row: isolated_rng(100 + row)))
+    expected = []
+    for row, i in enumerate(rows):
+        with isolated_rng(100 + row):
+            expected.append(plain[i])
+    assert_same(default_collate(expected), batch)
 
 
 def test_frame_choice_is_lerobots_for_any_query(video_ds: Path, tmp_path: Path) -> None:

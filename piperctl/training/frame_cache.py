@@ -453,7 +453,7 @@ def _prefault(t: torch.Tensor) -> None:
 class Batch(list):
     """Samples from `CachedVideoDataset.getitems`: a list of items, plus the batch tensors their frames are rows of."""
 
-    def __init__(self, items: list[dict], sink: _Sink) -> None:
+    def __init__(self, items: list[dict], sink: _Sink | None) -> None:
         super().__init__(items)
         self.sink = sink
 
@@ -518,7 +518,9 @@ class CachedVideoDataset(torch.utils.data.Dataset):
         self, indices: list[int], around: Callable[[int], AbstractContextManager] | None = None
     ) -> Batch:
         """Samples `indices` (as `dataset[i]` each), the i-th loaded inside `around(i)` if given (e.g. seeded RNGs)."""
-        sink = _Sink(len(indices))
+        reader = self.dataset._ensure_reader()
+        # Transformed frames are new tensors that collate must copy anyway: no batch tensors then.
+        sink = _Sink(len(indices)) if reader._image_transforms is None else None
         items = []
         for row, idx in enumerate(indices):
             with around(row) if around is not None else nullcontext():
