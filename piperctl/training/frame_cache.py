@@ -265,16 +265,21 @@ def _require_space(cache_dir: Path, missing: list[_Source]) -> None:
         )
 
 
-def build(dataset: Any, cache_dir: Path, progress: bool = True) -> dict[Path, _Entry]:
+def build(
+    dataset: Any,
+    cache_dir: Path,
+    progress: bool = True,
+    sources: dict[tuple[str, int], _Source] | None = None,
+) -> dict[Path, _Entry]:
     """Make sure every video file `dataset` reads has a complete cache entry; decode the missing ones."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise from_os_error(e) from e
-    sources = {s.path: s for s in _sources(dataset).values()}
+    by_path = {s.path: s for s in (sources if sources is not None else _sources(dataset)).values()}
     entries: dict[Path, _Entry] = {}
     missing: list[_Source] = []
-    for path, src in sources.items():
+    for path, src in by_path.items():
         entry = _load_entry(cache_dir, src)
         if entry is None:
             missing.append(src)
@@ -593,7 +598,7 @@ def pick_frames(timestamps: list[float], query: list[float], tolerance_s: float,
     from lerobot.datasets.video_utils import FrameTimestampError
 
     first, last = min(query), max(query)
-    lo = max(0, bisect_right(timestamps, first) - 2)
+    lo = max(0, bisect_right(timestamps, first) - 1)
     hi = min(len(timestamps), bisect_left(timestamps, last) + 1)
     window = timestamps[lo:hi]
     query_t = torch.tensor(query)
@@ -634,10 +639,10 @@ class FrameCache:
                 "pixels may differ in rounding"
             )
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        entries = build(dataset, cache_dir, progress=progress)
-        where: dict[tuple[str, int], tuple[Path, float]] = {}
-        for (key, ep), src in _sources(dataset).items():
-            where[(key, ep)] = (src.path, meta.episodes[ep][f"videos/{key}/from_timestamp"])
+        sources = _sources(dataset)
+        entries = build(dataset, cache_dir, progress=progress, sources=sources)
+        starts = {key: meta.episodes[f"videos/{key}/from_timestamp"] for key in _cached_keys(meta)}
+        where = {(key, ep): (src.path, starts[key][ep]) for (key, ep), src in sources.items()}
         return CachedVideoDataset(dataset, entries, where, _Columns.of(dataset.hf_dataset))
 
     size_bytes = staticmethod(cache_size_bytes)
