@@ -309,6 +309,10 @@ def train_cmd(
     async_save: Annotated[
         bool, typer.Option("--async-save/--sync-save", help=TrainConfig.help("async_save"))
     ] = (_default("async_save")),
+    frame_cache: Annotated[
+        bool, typer.Option("--frame-cache/--no-frame-cache", help=TrainConfig.help("frame_cache"))
+    ] = _default("frame_cache"),
+    cache_dir: Annotated[Path | None, _opt("cache_dir")] = _default("cache_dir"),
     deterministic: Annotated[bool, _opt("deterministic")] = _default("deterministic"),
     num_processes: Annotated[int, typer.Option(help=_NUM_PROCESSES_HELP, min=1)] = 1,
 ) -> None:
@@ -370,6 +374,15 @@ def resume_cmd(
             rich_help_panel=_RESUME_HELP,
         ),
     ] = None,
+    frame_cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--frame-cache/--no-frame-cache",
+            help=TrainConfig.help("frame_cache"),
+            rich_help_panel=_RESUME_HELP,
+        ),
+    ] = None,
+    cache_dir: Annotated[Path | None, _opt("cache_dir", rich_help_panel=_RESUME_HELP)] = None,
     allow_dataset_change: Annotated[
         bool, typer.Option(help="Resume even if the dataset's fingerprint changed.")
     ] = False,

@@ -71,10 +71,9 @@ def test_killed_during_final_save_is_finished_by_resume(
     run = tmp_path / "run"
     res = piperctl_cli(_ref_args(run, tiny_ds), env={"PIPERCTL_FAULT": "mid-final-save:8"})
     assert res.returncode == -signal.SIGKILL, res.stderr
-    assert not (run / ckpt.MANIFEST).exists()
-    assert [n.rsplit(".", 1)[0] for n in _leftovers(run)] == [
-        f"{ckpt.TMP_PREFIX}final"
-    ]  # one prefix, not two
+    assert not (run / "pretrained_model").exists()
+    # One temporary folder, with one prefix (not `.piperctl-tmp-.piperctl-tmp-...`).
+    assert [n.rsplit(".", 1)[0] for n in _leftovers(run)] == [f"{ckpt.TMP_PREFIX}pretrained_model"]
 
     code, out, _ = run_cli(["checkpoints", "verify", run, "--json"], capsys)
     final = next(c for c in json.loads(out)["checkpoints"] if c["kind"] == "model")

@@ -183,3 +183,18 @@ def test_sigterm_with_a_background_save_in_flight_waits_for_it(
     assert res.returncode == 0, res.stderr
     assert losses(run) == losses(reference_run)
     assert_same_weights(run, reference_run)
+
+
+def test_the_frame_cache_trains_exactly_as_reading_the_videos(
+    tmp_path: Path, synth_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = {}
+    for name, flag in (("cached", "--frame-cache"), ("videos", "--no-frame-cache")):
+        run = tmp_path / name
+        args = [*train_args(run, synth_dataset, steps=3, save_every=3, num_workers=2), flag]
+        code, _, err = run_cli([*args, "--cache-dir", tmp_path / "cache"], capsys)
+        assert code == 0, err
+        runs[name] = run
+    assert losses(runs["cached"]) == losses(runs["videos"])
+    assert_same_weights(runs["cached"], runs["videos"])
+    assert any((tmp_path / "cache").rglob("*")), "the cache was not used"

@@ -137,7 +137,6 @@ class CheckpointManager:
         write_run_file(self.run_dir, run_id, config)
 
 
-
 def final_model_intact(run_dir: Path) -> bool:
     """True when the run's final model (RUN_DIR/pretrained_model) is complete and matches its manifest."""
     return check_checkpoint(run_dir / PRETRAINED_DIR, required=LEROBOT_LAYOUT.files).ok

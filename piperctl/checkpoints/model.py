@@ -95,6 +95,13 @@ def feature_shapes(policy_cfg) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in sorted(feats.items())}
 
 
+def dataset_feature_shapes(ds_meta: Any) -> dict[str, list[int]]:
+    """Shapes of the features a policy would see in this dataset (same keys as `feature_shapes`)."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    return {k: list(v.shape) for k, v in sorted(dataset_to_policy_features(ds_meta.features).items())}
+
+
 def load_processors(
     policy_cfg: Any, folder: Path, device: str | None = None, layout: ModelLayout = CHECKPOINT_LAYOUT
 ) -> tuple[Any, Any]:

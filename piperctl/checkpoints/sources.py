@@ -218,8 +218,7 @@ def resolve_pretrained(spec: str | Path) -> ModelSource:
 
 def check_features_fit(policy_cfg: Any, ds_meta: Any, what: str) -> None:
     """Refuse a policy whose input/output features are missing from, or shaped otherwise in, the dataset."""
-    from piperctl.checkpoints.model import feature_shapes
-    from piperctl.training.policy import dataset_feature_shapes
+    from piperctl.checkpoints.model import dataset_feature_shapes, feature_shapes
 
     have = dataset_feature_shapes(ds_meta)
     for key, shape in feature_shapes(policy_cfg).items():

@@ -85,6 +85,15 @@ class TrainConfig:
     async_save: bool = option(
         True, "Write checkpoints in the background while training goes on.", resumable=True
     )
+    frame_cache: bool = option(
+        True,
+        "Decode each video once into an on-disk frame cache and serve samples from it "
+        "(bit-identical, several times faster; costs disk, see docs/data-loading.md).",
+        resumable=True,
+    )
+    cache_dir: str | None = option(
+        None, "Folder of the frame cache (default: $HF_LEROBOT_HOME/piperctl_frame_cache).", resumable=True
+    )
     deterministic: bool = option(
         False, "Use torch's deterministic algorithms (exact resume on CUDA; slower).", resumable=True
     )
@@ -120,7 +129,7 @@ class TrainConfig:
                 f"unknown training option(s): {', '.join(unknown)}", hint=f"valid: {', '.join(sorted(names))}"
             )
         cfg = cls(output_dir=str(output_dir), dataset_id=dataset_id, **options)
-        for name in ("dataset_root", "val_episodes", "init_from", "cameras", "augment_config"):
+        for name in ("dataset_root", "val_episodes", "init_from", "cameras", "augment_config", "cache_dir"):
             value = getattr(cfg, name)
             if value is not None:
                 setattr(cfg, name, str(value))

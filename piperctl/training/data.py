@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from piperctl.errors import PiperctlError, from_os_error
+from piperctl.training import frame_cache
 from piperctl.training.rng import derive_seed
 
 
@@ -286,6 +287,18 @@ class SeededDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
+        """A batch of items; a frame-cached dataset writes its frames straight into batch tensors."""
+        getitems = getattr(self.dataset, "getitems", None)
+        if getitems is None or self.transform is not None:
+            return [self[k] for k in keys]
+
+        def seeded(row: int) -> Any:
+            epoch, index = keys[row]
+            return isolated_rng(derive_seed(self.seed, epoch + 1, index))
+
+        return getitems([index for _, index in keys], around=seeded)
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         with isolated_rng(derive_seed(self.seed, epoch + 1, index)):
@@ -421,6 +434,7 @@ def make_loader(
     """A DataLoader over `(epoch, index)` keys; workers persist across epochs; `transform` augments cameras."""
     return torch.utils.data.DataLoader(
         SeededDataset(dataset, sampler.inner.seed, transform, camera_keys),
+        collate_fn=frame_cache.collate,
         sampler=sampler,
         batch_size=batch_size,
         num_workers=num_workers,

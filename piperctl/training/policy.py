@@ -109,10 +109,3 @@ def new_processors(policy_cfg: Any, stats: dict) -> tuple[Any, Any]:
     from lerobot.policies.factory import make_pre_post_processors
 
     return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
-
-
-def dataset_feature_shapes(ds_meta) -> dict[str, list[int]]:
-    """Shapes of the features a policy would see in this dataset (same keys as `feature_shapes`)."""
-    from lerobot.utils.feature_utils import dataset_to_policy_features
-
-    return {k: list(v.shape) for k, v in sorted(dataset_to_policy_features(ds_meta.features).items())}

@@ -262,8 +262,7 @@ class Trainer:
         log(f"initialised weights from {init.description}")
 
     def _set_feature_shapes(self, check_against: Path | None) -> None:
-        from piperctl.checkpoints.model import feature_shapes
-        from piperctl.training.policy import dataset_feature_shapes
+        from piperctl.checkpoints.model import dataset_feature_shapes, feature_shapes
 
         shapes = feature_shapes(self.policy.config)
         if check_against is not None:
@@ -312,6 +311,12 @@ class Trainer:
         self.dataset = data.open_dataset(
             cfg.dataset_id, cfg.dataset_root, delta, tolerance_s=cfg.tolerance_s, drop=self.dropped_cameras
         )
+        if cfg.frame_cache:
+            from piperctl.training.frame_cache import FrameCache
+
+            # Built here, before any DataLoader worker starts: workers only read it.
+            cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+            self.dataset = FrameCache.wrap(self.dataset, cache_dir, progress=dist.is_main)
         drop_last_frames = int(getattr(self.policy_cfg, "drop_n_last_frames", 0) or 0)
         inner = data.make_sampler(
             self.meta, self.train_episodes, shuffle=True, seed=cfg.seed, drop_n_last_frames=drop_last_frames
