@@ -112,6 +112,8 @@ def run_deep_checks(result: QuickCheck, kind: str, cache: PolicyCache) -> set[st
     from piperctl.quiet import quiet_third_party
 
     quiet_third_party()
+    if not result.path.is_dir():
+        return set()  # nothing to load: the layout check already said the folder is missing
     ctx = Context(
         result.path, result, cache, escaped={i.file for i in result.issues if i.code == "path-escape"}
     )
