@@ -86,7 +86,10 @@ def main() -> None:
     def losses(r: Path) -> list[float]:
         return [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
 
-    wa, wb = load_file(str(ref / "policy.safetensors")), load_file(str(run / "policy.safetensors"))
+    wa, wb = (
+        load_file(str(ref / "pretrained_model" / "model.safetensors")),
+        load_file(str(run / "pretrained_model" / "model.safetensors")),
+    )
     same_weights = wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     same_losses = losses(ref) == losses(run)
     verdict = "PASS" if same_weights and same_losses else "FAIL"

@@ -65,7 +65,7 @@ def weights(run: Path) -> dict:
     """The final weights of a run."""
     from safetensors.torch import load_file
 
-    return load_file(str(run / "policy.safetensors"))
+    return load_file(str(run / "pretrained_model" / "model.safetensors"))
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -156,7 +156,7 @@ def main() -> None:
                 kills += 1
                 in_save += bool(leftovers(run))
                 # Killed after the final model was sealed (its manifest is written last): the run is done.
-                finished = (run / "manifest.json").exists()
+                finished = (run / "pretrained_model" / "manifest.json").exists()
             elif code == 0:
                 finished = True
             else:

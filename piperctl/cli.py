@@ -455,7 +455,10 @@ def export_cmd(
         eval_report=eval_report,
     )
     if result.out is not None:
-        typer.echo(f"exported {result.source.description} to {result.out}")
+        typer.echo(
+            f"exported {result.source.description} to {result.out} "
+            f"(lerobot layout: PreTrainedPolicy.from_pretrained('{result.out}'))"
+        )
     if result.repo_url is not None:
         typer.echo(f"pushed to {result.repo_url}")
 

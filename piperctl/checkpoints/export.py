@@ -201,7 +201,6 @@ def export_model(
         raise PiperctlError(
             f"cannot write {out} ({e.strerror or e})", hint="check the path, permissions and free space"
         ) from e
-    log(f"exported to {out} (lerobot layout: load with PreTrainedPolicy.from_pretrained('{out}'))")
     url = push_folder(out, push_to_hub, private) if push_to_hub is not None else None
     return ExportResult(out, source, url)
 

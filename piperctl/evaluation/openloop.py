@@ -47,25 +47,9 @@ def parse_episodes(spec: str, total: int, val: list[int]) -> list[int]:
     elif text == "all":
         chosen = set(range(total))
     else:
-        chosen = set()
-        try:
-            for part in (p.strip() for p in text.split(",")):
-                if not part:
-                    continue
-                if ":" in part:
-                    a, b = part.split(":")
-                    chosen.update(range(int(a) if a else 0, int(b) if b else total))
-                else:
-                    chosen.add(int(part))
-        except ValueError as e:
-            raise PiperctlError(
-                f"--episodes {spec!r} is not valid", hint="use val, all, a range 8:10 or ids 3,7"
-            ) from e
-    bad = sorted(e for e in chosen if not 0 <= e < total)
-    if bad:
-        raise PiperctlError(
-            f"--episodes names episodes {bad} that the dataset (0..{total - 1}) does not have"
-        )
+        from piperctl.training.data import parse_episode_ids
+
+        chosen = parse_episode_ids(text, total, "--episodes", "use val, all, a range 8:10 or ids 3,7")
     if not chosen:
         raise PiperctlError(f"--episodes {spec!r} selects no episode")
     return sorted(chosen)

@@ -207,3 +207,21 @@ def resolve_device(name: str) -> str:
             hint="use --device cpu or auto",
         ) from e
     return name
+
+
+def read_fields_file(path: str | Path, what: str, fields_of: str) -> dict[str, Any]:
+    """The table/object of a TOML (by suffix) or JSON file of config fields, with one-line errors naming `what`."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except FileNotFoundError as e:
+        raise PiperctlError(f"{what} {path} does not exist") from e
+    except (OSError, ValueError) as e:
+        raise PiperctlError(f"{what} {path} is not valid {path.suffix[1:].upper() or 'JSON'} ({e})") from e
+    if not isinstance(data, dict):
+        raise PiperctlError(f"{what} {path} must hold a table/object of {fields_of} fields")
+    return data

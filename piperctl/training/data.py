@@ -189,38 +189,44 @@ def fingerprint(meta) -> str:
     return h.hexdigest()
 
 
+def parse_episode_ids(text: str, total: int, option: str, hint: str) -> set[int]:
+    """Episode ids written as ranges `A:B` (B exclusive; either end may be left out) and/or ids `i,j`."""
+    ids: set[int] = set()
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            if ":" in part:
+                a, b = part.split(":")
+                ids.update(range(int(a) if a else 0, int(b) if b else total))
+            else:
+                ids.add(int(part))
+    except ValueError as e:
+        raise PiperctlError(f"{option} {text!r} is not valid", hint=hint) from e
+    bad = sorted(i for i in ids if not 0 <= i < total)
+    if bad:
+        raise PiperctlError(f"{option} names episodes {bad} that the dataset (0..{total - 1}) does not have")
+    return ids
+
+
 def parse_val_episodes(spec: str | int | None, total: int) -> list[int]:
     """Validation episodes: a count N (the last N episodes), or ids as `A:B` (B exclusive) and/or `i,j,k`."""
     if spec in (None, "", 0, "0"):
         return []
     text = str(spec).strip()
-    ids: set[int] = set()
-    try:
-        if ":" not in text and "," not in text:
+    if ":" not in text and "," not in text:
+        try:
             n = int(text)
-            if not 0 < n < total:
-                raise PiperctlError(
-                    f"--val-episodes {n} must be between 1 and {total - 1} (the dataset has {total} episodes)"
-                )
-            return list(range(total - n, total))
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if ":" in part:
-                a, b = (int(x) for x in part.split(":"))
-                ids.update(range(a, b))
-            else:
-                ids.add(int(part))
-    except ValueError as e:
-        raise PiperctlError(
-            f"--val-episodes {text!r} is not valid", hint="give a count (2), a range (8:10) or ids (3,7)"
-        ) from e
-    bad = sorted(i for i in ids if not 0 <= i < total)
-    if bad:
-        raise PiperctlError(
-            f"--val-episodes names episodes {bad} that the dataset (0..{total - 1}) does not have"
-        )
+        except ValueError as e:
+            raise PiperctlError(
+                f"--val-episodes {text!r} is not valid", hint="give a count (2), a range (8:10) or ids (3,7)"
+            ) from e
+        if not 0 < n < total:
+            raise PiperctlError(
+                f"--val-episodes {n} must be between 1 and {total - 1} (the dataset has {total} episodes)"
+            )
+        return list(range(total - n, total))
+    ids = parse_episode_ids(text, total, "--val-episodes", "give a count (2), a range (8:10) or ids (3,7)")
     if len(ids) >= total:
         raise PiperctlError("--val-episodes leaves no episode for training")
     return sorted(ids)
@@ -379,25 +385,12 @@ def image_transforms(enabled: bool, config_file: str | None = None) -> Any:
     """lerobot's ImageTransforms (defaults, or the fields of a TOML/JSON file), or None when not enabled."""
     if not enabled:
         return None
-    import tomllib
-
     import draccus
     from lerobot.transforms.transforms import ImageTransforms, ImageTransformsConfig
 
-    fields: dict[str, Any] = {}
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-            fields = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-        except FileNotFoundError as e:
-            raise PiperctlError(f"--augment-config {path} does not exist") from e
-        except (OSError, ValueError) as e:
-            raise PiperctlError(f"--augment-config {path} is not valid TOML/JSON ({_first_line(e)})") from e
-        if not isinstance(fields, dict):
-            raise PiperctlError(
-                f"--augment-config {path} must hold a table/object of ImageTransformsConfig fields"
-            )
+    from piperctl.training.config import read_fields_file
+
+    fields = read_fields_file(config_file, "--augment-config", "ImageTransformsConfig") if config_file else {}
     try:
         cfg = draccus.decode(ImageTransformsConfig, {**fields, "enable": True})
         return ImageTransforms(cfg)

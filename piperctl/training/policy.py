@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,9 @@ def parse_policy_options(items: list[str] | None, config_file: str | Path | None
     """Policy-config overrides from a TOML/JSON file and `key=value` items (values parsed as JSON)."""
     options: dict[str, Any] = {}
     if config_file:
-        path = Path(config_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-        except FileNotFoundError as e:
-            raise PiperctlError(f"policy config file {path} does not exist") from e
-        except (OSError, ValueError) as e:
-            raise PiperctlError(
-                f"policy config file {path} is not valid {path.suffix[1:].upper() or 'JSON'} ({e})"
-            ) from e
-        if not isinstance(data, dict):
-            raise PiperctlError(f"policy config file {path} must hold a table/object of policy fields")
+        from piperctl.training.config import read_fields_file
+
+        data = read_fields_file(config_file, "policy config file", "policy")
         options.update(data.get("policy", data))
     for item in items or []:
         key, sep, raw = item.partition("=")
