@@ -128,6 +128,7 @@ class Trainer:
         self.position = data.DataPosition()
         self.resumed_from = None
         self._shadow: torch.nn.Module | None = None
+        self._optimizer_shadow: Any = None
         self.best = None
 
     # -- setup -----------------------------------------------------------------------------------
@@ -153,6 +154,8 @@ class Trainer:
         else:
             self._build_resumed(*start)
         self._open_data()
+        if self._background_saves:
+            self._snapshot()  # allocate the CPU copies now, so that saves only copy into them
         if start is None and self.dist.rank > 0:
             # Same initial weights everywhere (seeded alike above), but each rank its own dropout and
             # noise from here on; rank 0 keeps the stream a single-process run has.
@@ -488,7 +491,9 @@ class Trainer:
             with data.isolated_rng(0):
                 self._shadow = policy_from_config(self.policy_cfg).to("cpu")
         self._shadow.load_state_dict(self.policy.state_dict())
-        return self._shadow, _cpu_copy(self.optimizer.state_dict())
+        # Copying into the buffers of the previous save avoids allocating (and page-faulting) them anew.
+        self._optimizer_shadow = _cpu_copy(self.optimizer.state_dict(), into=self._optimizer_shadow)
+        return self._shadow, self._optimizer_shadow
 
     @property
     def _background_saves(self) -> bool:
@@ -733,12 +738,19 @@ class Trainer:
         )
 
 
-def _cpu_copy(obj: Any) -> Any:
-    """A copy of a (nested) state dict whose tensors are new CPU tensors, safe to write while training goes on."""
+def _cpu_copy(obj: Any, into: Any = None) -> Any:
+    """A copy of a (nested) state dict whose tensors are CPU tensors of its own, safe to write while training goes on.
+
+    `into`: a previous copy of the same structure whose tensors are reused (copied into) where they fit.
+    """
     if isinstance(obj, torch.Tensor):
+        if isinstance(into, torch.Tensor) and into.shape == obj.shape and into.dtype == obj.dtype:
+            return into.copy_(obj.detach())
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
+        old = into if isinstance(into, dict) else {}
+        return {k: _cpu_copy(v, old.get(k)) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_cpu_copy(v) for v in obj)
+        old = into if isinstance(into, list | tuple) and len(into) == len(obj) else [None] * len(obj)
+        return type(obj)(_cpu_copy(v, o) for v, o in zip(obj, old, strict=True))
     return obj
