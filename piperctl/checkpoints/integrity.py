@@ -25,7 +25,6 @@ from piperctl.checkpoints.format import (
     MANIFEST_VERSION,
     OPTIMIZER_STATE,
     REQUIRED_FILES,
-    TMP_PREFIX,
     is_safe_relpath,
     step_of,
     utc_now,
@@ -123,25 +122,21 @@ def disk_full(folder: Path) -> bool:
     return usage.free < max(4 << 20, usage.total // 1000)
 
 
-def publish(
-    target: Path, write_files: Callable[[Path], None], step: int | None, *, into_existing: bool = False
-) -> Path:
+def publish(target: Path, write_files: Callable[[Path], None], step: int | None) -> Path:
     """Create folder `target` so that a crash at any instant leaves either all of it or none of it.
 
-    `write_files(tmp)` fills a temporary folder; it is sealed with a manifest and renamed into place
-    (an existing `target` is replaced only once the new one is complete). With `into_existing`, the
-    sealed files are moved into the existing folder `target` instead (a run's final model beside its
-    checkpoints), the old manifest first removed and the new one moved last. A failure removes the
-    temporary folder at once.
+    `write_files(tmp)` fills a temporary sibling folder; it is sealed with a manifest and renamed
+    into place (an existing `target` is replaced only once the new one is complete). A failure
+    removes the temporary folder at once.
     """
-    parent = target if into_existing else target.parent
+    parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f"{TMP_PREFIX}final.{os.getpid()}" if into_existing else tmp_sibling(target)
+    tmp = tmp_sibling(target)
     remove_tree(tmp)
     tmp.mkdir()
     try:
         write_files(tmp)
-        manifest = seal(tmp, step)
+        seal(tmp, step)
         fsync_dir(tmp)
     except BaseException as e:
         full = not isinstance(e, OSError) and disk_full(parent)
@@ -150,19 +145,6 @@ def publish(
             # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...").
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
         raise
-    if into_existing:
-        # Without a manifest the old final model reads as incomplete, never as a corrupt mix.
-        (target / MANIFEST).unlink(missing_ok=True)
-        fsync_dir(target)
-        for rel in manifest["files"]:
-            dest = target / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / rel, dest)
-        fsync_dir(target)
-        os.replace(tmp / MANIFEST, target / MANIFEST)
-        fsync_dir(target)
-        remove_tree(tmp)
-        return target
     if target.exists():
         # Swap the old folder aside first: os.replace cannot replace a non-empty directory.
         old = tmp_sibling(target, ".old")

@@ -31,7 +31,6 @@ from piperctl.checkpoints.format import (
     checkpoint_dir,
     list_checkpoints,
     looks_like_checkpoint,
-    step_of,
 )
 from piperctl.checkpoints.integrity import (
     QuickCheck,
@@ -245,9 +244,3 @@ def rotate(
     if removed:
         fsync_dir(run_dir)
     return removed
-
-
-def newest_step(run_dir: Path) -> int | None:
-    """The step of a run's newest checkpoint folder (intact or not), or None."""
-    found = list_checkpoints(run_dir)
-    return step_of(found[-1]) if found else None
