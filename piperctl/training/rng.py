@@ -4,6 +4,10 @@ A checkpoint holds the generators of every rank of the run that wrote it. Rank 0
 the keys a single-process checkpoint uses (`torch_cpu`, `python`, ...), rank r's under `rank<r>.` in
 rng_state.safetensors and `ranks["<r>"]` in rng_state.json, so a one-process checkpoint is simply a
 checkpoint with one rank.
+
+lerobot's `random_utils` is not used here: its `set_seed` calls `np.random.seed(seed)`, which refuses
+the 63-bit seeds derived per rank and per sample (`derive_seed`), and its serialized state keeps no
+MPS generator and stores python/numpy states as tensors, not the JSON this checkpoint format documents.
 """
 
 from __future__ import annotations
