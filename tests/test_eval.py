@@ -68,6 +68,7 @@ def test_eval_json_matches_independent_numpy(
     action, state = _recorded(tiny_ds, 4)
     names = json.loads((tiny_ds / "meta" / "info.json").read_text())["features"]["action"]["names"]
     assert report["joints"] == names and report["hold_pairing"] == "by name"
+    assert report["hold_unavailable"] is None
     assert report["episodes"]["scored_frames"] == len(action) - 1
 
     truth = action[1:]
@@ -172,6 +173,15 @@ def test_baselines_on_a_dataset_with_a_known_answer(tmp_path: Path) -> None:
     features["observation.state"]["shape"] = [4]
     features["observation.state"]["names"] = ["w", "x", "y", "z"]
     assert bl.hold_pairing(features) is None
+    # ... and the report says why instead of a bare n/a (JSON, table caption and verdict alike).
+    why = bl.hold_unavailable(features)
+    assert why is not None and "action has 3 values and observation.state 4" in why
+    from piperctl.evaluation.report import verdict
+
+    summary = {"policy": 0.5, "hold": None, "repeat": 1.0, "beats_hold": None, "beats_repeat": True}
+    assert f"'hold' n/a: {why}" in verdict({"summary": summary, "hold_unavailable": why})
+    del features["observation.state"]
+    assert bl.hold_unavailable(features) == "the dataset has no observation.state"
 
 
 def _keys(obj: object, out: set[str]) -> set[str]:

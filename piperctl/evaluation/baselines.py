@@ -78,6 +78,23 @@ def hold_pairing(features: dict) -> Pairing | None:
     return None
 
 
+def hold_unavailable(features: dict) -> str | None:
+    """Why the "hold" baseline cannot be scored on a dataset (None when it can): shown instead of a bare n/a."""
+    if hold_pairing(features) is not None:
+        return None
+    if STATE not in features:
+        return "the dataset has no observation.state"
+    if ACTION not in features:
+        return "the dataset has no action"
+    a_dim, s_dim = (int(np.prod(features[k]["shape"])) for k in (ACTION, STATE))
+    if a_dim != s_dim:
+        return (
+            f"action has {a_dim} values and observation.state {s_dim}, and the state does not name "
+            "every action joint (e.g. velocity or leader-arm actions)"
+        )
+    return "action and observation.state are not one-dimensional vectors of the same joints"
+
+
 def _names(feature: dict) -> list[str] | None:
     names = feature.get("names")
     if isinstance(names, dict):  # older datasets: {"motors": [...]}

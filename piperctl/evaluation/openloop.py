@@ -296,6 +296,7 @@ def evaluate(
         recorded=recorded,
         scores=scores,
         pairing=pairing,
+        hold_unavailable=bl.hold_unavailable(meta.features),
         joints=joints,
         scale=action_scale(meta, len(joints)),
         seed=seed,

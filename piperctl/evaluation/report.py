@@ -31,6 +31,7 @@ def build_report(
     recorded: dict[int, bl.Episode],
     scores: Any,
     pairing: bl.Pairing | None,
+    hold_unavailable: str | None,
     joints: list[str],
     scale: np.ndarray,
     seed: int,
@@ -64,6 +65,7 @@ def build_report(
         "joints": joints,
         "action_scale": [float(x) for x in scale],
         "hold_pairing": pairing.mode if pairing is not None else None,
+        "hold_unavailable": hold_unavailable,
         "seed": seed,
         "device": device,
         "executed": executed,
@@ -110,6 +112,9 @@ def print_report(report: dict) -> None:
         f"({eps['scored_frames']} scored frames), in the dataset's units"
     )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    if report.get("hold_unavailable"):
+        table.caption = f"hold n/a: {escape(report['hold_unavailable'])}"
+        table.caption_justify = "left"
     table.add_column("joint")
     for head in ("policy MAE", "hold MAE", "repeat MAE", "policy RMSE", "policy max"):
         table.add_column(head, justify="right")
@@ -146,7 +151,9 @@ def verdict(report: dict) -> str:
         return "no frames were scored"
     parts = []
     for name in ("hold", "repeat"):
-        if s[name] is None:
+        if name == "hold" and report.get("hold_unavailable"):
+            parts.append(f"'hold' n/a: {report['hold_unavailable']}")
+        elif s[name] is None:
             parts.append(f"'{name}' n/a")
         else:
             ratio = s["policy"] / s[name] if s[name] else float("inf")
