@@ -53,3 +53,32 @@ def test_invalid_values_and_files_are_one_line_errors(tmp_path: Path) -> None:
         parse_policy_options([], bad)
     with pytest.raises(PiperctlError, match="does not exist"):
         parse_policy_options([], tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "item,needle",
+    [
+        ('n_heads="two"', 'n_heads="two": expected an integer'),
+        ("dropout=fast", 'dropout="fast": expected a number'),
+        ("use_vae=maybe", 'use_vae="maybe": expected true or false'),
+    ],
+)
+def test_bad_values_are_named_in_the_users_words(item: str, needle: str) -> None:
+    with pytest.raises(PiperctlError) as err:
+        make_policy_config("act", "cpu", parse_policy_options([item]))
+    assert needle in str(err.value) and "<class" not in str(err.value)
+
+
+def test_diffusion_tuple_field_in_words() -> None:
+    with pytest.raises(PiperctlError, match=r"down_dims=\"wide\": expected a list of integers"):
+        make_policy_config("diffusion", "cpu", parse_policy_options(["down_dims=wide"]))
+    with pytest.raises(PiperctlError, match="expected a list of integers or null") as err:
+        make_policy_config("diffusion", "cpu", parse_policy_options(["crop_shape=x"]))
+    assert err.value.hint == "e.g. --policy-opt crop_shape=[10,10]"
+
+
+def test_config_files_must_be_toml_or_json(tmp_path: Path) -> None:
+    txt = tmp_path / "x.txt"
+    txt.write_text("chunk_size = 3")
+    with pytest.raises(PiperctlError, match=r"must be a \.toml or \.json file \(got '\.txt'\)"):
+        parse_policy_options([], txt)

@@ -215,13 +215,19 @@ def read_fields_file(path: str | Path, what: str, fields_of: str) -> dict[str, A
     import tomllib
 
     path = Path(path)
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
+    if kind is None:
+        raise PiperctlError(
+            f"{what} {path} must be a .toml or .json file (got {path.suffix or 'no suffix'!r})",
+            hint="write the fields as TOML or JSON and name the file accordingly",
+        )
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except FileNotFoundError as e:
         raise PiperctlError(f"{what} {path} does not exist") from e
     except (OSError, ValueError) as e:
-        raise PiperctlError(f"{what} {path} is not valid {path.suffix[1:].upper() or 'JSON'} ({e})") from e
+        raise PiperctlError(f"{what} {path} is not valid {kind} ({e})") from e
     if not isinstance(data, dict):
         raise PiperctlError(f"{what} {path} must hold a table/object of {fields_of} fields")
     return data

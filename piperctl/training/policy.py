@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,46 @@ def _decode(cls: type, options: dict[str, Any]) -> dict[str, Any]:
             out[key] = draccus.decode(hints[key], value) if value is not None else None
         except Exception as e:  # noqa: BLE001 - draccus raises its own error types for a bad value
             raise PiperctlError(
-                f"policy option {key}={json.dumps(value)} is not a valid {hints[key]} ({e})"
+                f"policy option {key}={json.dumps(value)}: expected {describe_type(hints[key])}",
+                hint=f"e.g. --policy-opt {key}={_example(hints[key])}",
             ) from e
     return out
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_EXAMPLES = {int: "10", float: "0.5", bool: "true", str: "name"}
+
+
+def describe_type(hint: Any) -> str:
+    """A config field's type in the user's words: 'an integer', 'a list of integers', 'a number or null'."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _TYPE_WORDS:
+        return _TYPE_WORDS[hint]
+    if origin in (typing.Union, types.UnionType):
+        words = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(words) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple) or hint in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return "a list" + (f" of {_plural(describe_type(inner[0]))}" if len(set(inner)) == 1 else "")
+    if origin is dict or hint is dict:
+        return "a JSON object"
+    return f"a {getattr(hint, '__name__', str(hint))}"
+
+
+def _plural(words: str) -> str:
+    return {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(words, words)
+
+
+def _example(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _EXAMPLES:
+        return _EXAMPLES[hint]
+    if origin in (typing.Union, types.UnionType):
+        return next((_example(a) for a in args if a is not type(None)), "null")
+    if origin in (list, tuple):
+        inner = next((a for a in args if a is not Ellipsis), int)
+        return f"[{_example(inner)},{_example(inner)}]"
+    return "null"
 
 
 def make_policy_config(policy_type: str, device: str, options: dict[str, Any]):
