@@ -19,6 +19,21 @@ TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 BEST_METRICS = ("auto", "val_loss", "val_action_nmae")
 
 
+# Upper bounds of the count options: what a 64-bit step counter, a seed and a machine's memory and
+# time allow (a billion steps is years of training at 10 steps/s); anything larger is a typo.
+COUNT_LIMITS: dict[str, tuple[int, str]] = {
+    "steps": (10**9, "a billion optimizer steps is years of training"),
+    "save_every": (10**9, "at most --steps' own limit"),
+    "eval_every": (10**9, "at most --steps' own limit"),
+    "log_every": (10**9, "at most --steps' own limit"),
+    "batch_size": (2**20, "a batch no accelerator's memory holds"),
+    "grad_accum": (2**20, "micro-batches per optimizer step"),
+    "num_workers": (1024, "DataLoader worker processes"),
+    "keep_last": (10**6, "checkpoints kept on disk"),
+    "seed": (2**63 - 1, "seeds are 64-bit integers"),
+}
+
+
 def option(default: Any, help: str, *, resumable: bool = False, factory: Any = None) -> Any:
     """A TrainConfig field: its default, its --help text, and whether `resume` may change it."""
     meta = {"help": help, "resumable": resumable}
@@ -149,6 +164,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse nonsensical values with one clear line each."""
+        for name, (limit, why) in COUNT_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and abs(value) > limit:
+                raise PiperctlError(
+                    f"--{name.replace('_', '-')} {value} is beyond the limit of {limit:,} ({why})",
+                    hint=f"use a value of at most {limit:,}",
+                )
         for name in ("steps", "batch_size", "save_every", "log_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise PiperctlError(
