@@ -37,6 +37,7 @@ def test_convert_v21_loads_passes_leakage_and_keeps_the_data(v21: Path, tmp_path
     code, stdout, err = run_cli(["dataset", "convert", v21, out], capsys)
     assert code == 0, err
     assert "3 episodes" in stdout and "cameras: front, wrist" in stdout
+    assert "warning" not in err  # timestamps are frame_index / fps: nothing to say about them
     assert snapshot(v21) == before  # names, sizes, mtimes and modes of SRC unchanged
     assert not (v21.parent / f"{v21.name}_old").exists()
     assert _leftovers(tmp_path) == []
@@ -153,9 +154,19 @@ def test_retime_fixes_jittered_timestamps(v21_jitter: Path, tmp_path: Path, caps
     import torch
 
     plain, fixed = tmp_path / "plain", tmp_path / "fixed"
-    assert run_cli(["dataset", "convert", v21_jitter, plain], capsys)[0] == 0
+    # train on the raw v2.1 folder names the convert command with --retime, since it is needed.
+    code, _, err = run_cli(["train", "--output-dir", tmp_path / "r", "--dataset-root", v21_jitter], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "timestamps are not frame_index / fps" in line
+    assert line.endswith(f"piperctl dataset convert {v21_jitter} {v21_jitter.parent / 'jitter_v30'} --retime")
+    code, _, err = run_cli(["dataset", "convert", v21_jitter, plain], capsys)
+    assert code == 0, err
     found = check_timestamps(plain)
     assert found is not None and found.rows > 0
+    # Converted as asked, with one warning saying how far off the timestamps are and what fixes them.
+    warning = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and f"off frame_index / fps by up to {found.max_error:.4g} s" in warning[0]
+    assert "--retime" in warning[0]
     # lerobot's decoder rejects these rows, the failure the issue reports from real datasets.
     with pytest.raises(Exception, match="tolerance"):
         load(plain)[1]

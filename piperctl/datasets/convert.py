@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from piperctl.console import Bar, progress_bar
+from piperctl.console import Bar, log, progress_bar
 from piperctl.datasets import inspect as dsi
 from piperctl.errors import PiperctlError
 
@@ -263,6 +263,14 @@ def convert(
         dsi.require_files(src_path, hint="restore the files before converting (nothing was written)")
     fps = float(info["fps"])
     video_keys = [k for k, ft in info["features"].items() if ft.get("dtype") == "video"]
+    if not retime:
+        off = dsi.check_timestamps(src_path, fps, tolerance_s)
+        if off is not None:
+            # Converted as asked, but lerobot will refuse these timestamps when it loads the result.
+            log(
+                f"warning: {src}: {off.summary()}; lerobot refuses such timestamps when loading "
+                "— convert with --retime to rewrite them as frame_index / fps"
+            )
 
     from piperctl.quiet import quiet_third_party
 

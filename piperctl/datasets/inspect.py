@@ -48,9 +48,15 @@ def dataset_version(root: str | Path) -> str:
 
 
 def convert_command(root: str | Path, out: str | Path | None = None, retime: bool = False) -> str:
-    """The exact `piperctl dataset convert ROOT OUT` command line for a v2.1 root (OUT: ROOT_v30 beside it)."""
+    """The exact `piperctl dataset convert ROOT OUT` command line (OUT: ROOT_v30 beside a v2.1 root, ROOT_retimed beside a v3.0 one)."""
     root = Path(root)
-    out = Path(out) if out is not None else root.parent / f"{root.name}_v30"
+    if out is None:
+        try:
+            already_v30 = read_info(root).get("codebase_version") == CURRENT
+        except PiperctlError:
+            already_v30 = False
+        out = root.parent / f"{root.name}_{'retimed' if already_v30 else 'v30'}"
+    out = Path(out)
     cmd = f"piperctl dataset convert {shlex.quote(str(root))} {shlex.quote(str(out))}"
     return cmd + (" --retime" if retime else "")
 
@@ -61,9 +67,12 @@ def require_v30(root: str | Path) -> None:
     if version == CURRENT:
         return
     if version == CONVERTIBLE:
+        # Wall-clock timestamps are common in v2.1 recordings: the command must fix them too.
+        retime = check_timestamps(root) is not None
         raise PiperctlError(
-            f"{root} is a LeRobot {version} dataset; piperctl trains on {CURRENT}",
-            hint=f"convert it once with: {convert_command(root)}",
+            f"{root} is a LeRobot {version} dataset; piperctl trains on {CURRENT}"
+            + (" (and its timestamps are not frame_index / fps)" if retime else ""),
+            hint=f"convert it once with: {convert_command(root, retime=retime)}",
         )
     raise PiperctlError(
         f"{root} is a LeRobot {version} dataset; piperctl reads {CURRENT} and converts {CONVERTIBLE}",
@@ -217,13 +226,22 @@ class TimestampMismatch:
     tolerance_s: float
     rows: int
     episodes: int
+    max_error: float  # the largest |timestamp - frame_index / fps| of any row (s)
+
+    def summary(self) -> str:
+        """How far off the timestamps are: rows, episodes, the largest error and the first row."""
+        return (
+            f"{self.rows} rows in {self.episodes} episodes are off frame_index / fps by up to "
+            f"{self.max_error:.4g} s (first: episode {self.episode} frame {self.frame})"
+        )
 
     def message(self) -> str:
         """One line naming the episode and frame, and the fix."""
         return (
             f"{self.root}: episode {self.episode} frame {self.frame} has timestamp {self.timestamp:.4f} s, "
             f"not frame_index / fps = {self.expected:.4f} s (tolerance {self.tolerance_s:g} s; "
-            f"{self.rows} rows in {self.episodes} episodes differ), so video frames cannot be matched "
+            f"{self.rows} rows in {self.episodes} episodes differ, by up to {self.max_error:.4g} s), "
+            "so video frames cannot be matched "
             f"— if each video holds one frame per row, fix it with: "
             f"{convert_command(self.root, retime=True)}"
         )
@@ -244,16 +262,21 @@ def check_timestamps(
     files = sorted(root.glob("data/*/*.parquet"))
     if not files:
         return None
-    expected = pl.col("frame_index") / fps
+    error = (pl.col("timestamp").cast(pl.Float64) - pl.col("frame_index") / fps).abs()
     bad = (
-        pl.scan_parquet(files)
+        # glob=False: a folder name holding '[' or '*' is a path, not a pattern.
+        pl.scan_parquet(files, glob=False)
         .select("episode_index", "frame_index", "timestamp")
-        .filter((pl.col("timestamp").cast(pl.Float64) - expected).abs() > tolerance_s)
+        .filter(error > tolerance_s)
     )
     first, counts = pl.collect_all(
         [
             bad.sort("episode_index", "frame_index").head(1),
-            bad.select(pl.len().alias("rows"), pl.col("episode_index").n_unique().alias("episodes")),
+            bad.select(
+                pl.len().alias("rows"),
+                pl.col("episode_index").n_unique().alias("episodes"),
+                error.max().alias("max_error"),
+            ),
         ]
     )
     if first.height == 0:
@@ -268,6 +291,7 @@ def check_timestamps(
         tolerance_s=tolerance_s,
         rows=int(counts["rows"][0]),
         episodes=int(counts["episodes"][0]),
+        max_error=float(counts["max_error"][0]),
     )
 
 
