@@ -163,7 +163,7 @@ def _v30_files(root: Path, info: dict) -> dict[str, list[str]]:
     cols |= {k: (f"videos/{k}/chunk_index", f"videos/{k}/file_index") for k in video_keys}
     wanted = [c for pair in cols.values() for c in pair]
     try:
-        frame = pl.scan_parquet(episodes).select(wanted).unique(maintain_order=True).collect()
+        frame = pl.scan_parquet(episodes, glob=False).select(wanted).unique(maintain_order=True).collect()
     except Exception as e:  # noqa: BLE001 - polars raises several types for missing columns / bad files
         raise PiperctlError(
             f"cannot read the file indices in {root}/meta/episodes: {type(e).__name__}: {e}"
@@ -390,7 +390,7 @@ def _check_v30_videos(root, info, keys, fps, tolerance_s, on_file) -> VideoMisma
     cols = ["episode_index", "dataset_from_index", "dataset_to_index"]
     for key in keys:
         cols += [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
-    eps = pl.scan_parquet(sorted(root.glob("meta/episodes/*/*.parquet"))).select(cols).collect()
+    eps = pl.scan_parquet(sorted(root.glob("meta/episodes/*/*.parquet")), glob=False).select(cols).collect()
     half = 0.5 / fps
     for key in keys:
         by_file = eps.partition_by([f"videos/{key}/chunk_index", f"videos/{key}/file_index"], as_dict=True)

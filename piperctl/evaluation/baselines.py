@@ -48,7 +48,7 @@ def read_episodes(root: str | Path, episodes: list[int], features: dict) -> dict
         raise PiperctlError(f"{root} has no data/*.parquet files", hint="pass a LeRobot v3.0 dataset folder")
     columns = ["episode_index", "frame_index", ACTION] + ([STATE] if STATE in features else [])
     frame = (
-        pl.scan_parquet(files)
+        pl.scan_parquet(files, glob=False)  # a '[' in the dataset's path is not a pattern
         .select(columns)
         .filter(pl.col("episode_index").is_in(episodes))
         .sort(["episode_index", "frame_index"])

@@ -39,7 +39,7 @@ def open_metadata(dataset_id: str, root: str | Path | None):
                 hint="pass the dataset's root folder, or make one with 'piperctl dataset synth'",
             )
     try:
-        return LeRobotDatasetMetadata(dataset_id, root=root)
+        return LeRobotDatasetMetadata(dataset_id, root=lerobot_root(root) if root is not None else None)
     except Exception as e:  # noqa: BLE001 - hub/offline/format errors come in many types
         where = root if root is not None else f"Hub dataset {dataset_id}"
         hint = "check the id and your network" if root is None else "check that it is a LeRobot v3.0 dataset"
@@ -87,6 +87,23 @@ def require_inputs(meta: Any, policy: str, cameras: str | None) -> None:
             f"a {policy} policy needs at least one camera image (or observation.environment_state) and {why}",
             hint="train on a dataset with a camera, or keep one with --cameras",
         )
+
+
+# `datasets` (through fsspec) reads lerobot's data file paths as glob patterns: these characters in
+# a folder name make a valid dataset look empty.
+_GLOB_CHARS = frozenset("[]*?{}")
+
+
+def lerobot_root(root: Path) -> Path:
+    """The folder to hand lerobot for local dataset `root`: itself, or a link to it at a path free of glob characters."""
+    root = Path(root)
+    if not _GLOB_CHARS & set(str(root.absolute())):
+        return root
+    view = Path(tempfile.mkdtemp(prefix="piperctl-dataset-view-"))
+    atexit.register(shutil.rmtree, view, True)
+    link = view / "dataset"
+    link.symlink_to(root.resolve(), target_is_directory=True)
+    return link
 
 
 def _view_without(root: Path, keys: list[str]) -> Path:
@@ -153,8 +170,7 @@ def open_dataset(
     if root is not None:
         info = json.loads((Path(root) / "meta" / "info.json").read_text(encoding="utf-8"))
         videos = [k for k in drop or [] if info["features"].get(k, {}).get("dtype") == "video"]
-        if videos:
-            read_from = _view_without(Path(root), videos)
+        read_from = _view_without(Path(root), videos) if videos else lerobot_root(Path(root))
     try:
         return LeRobotDataset(
             dataset_id,
