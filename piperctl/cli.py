@@ -290,6 +290,9 @@ def train_cmd(
     device: Annotated[str, _opt("device")] = _default("device"),
     num_workers: Annotated[int, _opt("num_workers")] = _default("num_workers"),
     lr: Annotated[float | None, _opt("lr")] = _default("lr"),
+    imagenet_stats: Annotated[
+        bool, typer.Option("--imagenet-stats/--no-imagenet-stats", help=TrainConfig.help("imagenet_stats"))
+    ] = _default("imagenet_stats"),
     val_episodes: Annotated[str | None, _opt("val_episodes")] = _default("val_episodes"),
     eval_every: Annotated[int, _opt("eval_every")] = _default("eval_every"),
     best_metric: Annotated[str, _opt("best_metric")] = _default("best_metric"),

@@ -150,6 +150,8 @@ def _saved_device(config: dict[str, Any]) -> str:
 def _merge_changes(saved: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's options with the requested changes applied; refuses what may not change."""
     merged = dict(saved)
+    # Runs from before --imagenet-stats existed normalized their cameras with the dataset's statistics.
+    merged.setdefault("imagenet_stats", False)
     resumable = TrainConfig.resumable()
     for key, value in changes.items():
         if value is None:

@@ -72,6 +72,11 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", resumable=True)
     num_workers: int = option(2, "DataLoader worker processes.", resumable=True)
     lr: float | None = option(None, "Learning rate (default: the policy's preset).")
+    imagenet_stats: bool = option(
+        True,
+        "Normalize camera images with ImageNet's mean/std, as lerobot-train does (the default vision "
+        "backbones are ImageNet-pretrained); --no-imagenet-stats uses the training episodes' own.",
+    )
     val_episodes: str | None = option(None, "Held-out episodes: a count (last N), a range A:B, or ids i,j.")
     eval_every: int = option(0, "Validation every K steps (default: --save-every).", resumable=True)
     best_metric: str = option(

@@ -248,6 +248,26 @@ def parse_val_episodes(spec: str | int | None, total: int) -> list[int]:
     return sorted(ids)
 
 
+def with_imagenet_stats(stats: dict, meta: Any) -> dict:
+    """`stats` with every RGB camera's mean/std replaced by ImageNet's, as lerobot-train does (`use_imagenet_stats`).
+
+    The default ACT and diffusion backbones were pretrained on ImageNet-normalized images; a camera
+    normalized with its own statistics shows them inputs they never saw.
+    """
+    import torch
+    from lerobot.utils.constants import IMAGENET_STATS
+
+    depth = set(getattr(meta, "depth_keys", []) or [])
+    out = {key: dict(value) for key, value in stats.items()}
+    for key in meta.camera_keys:
+        if key in depth:
+            continue
+        out.setdefault(key, {})
+        for stat, value in IMAGENET_STATS.items():
+            out[key][stat] = torch.tensor(value, dtype=torch.float32)
+    return out
+
+
 def train_stats(meta, episodes: list[int]) -> dict:
     """Normalization stats aggregated over `episodes` only (so held-out episodes cannot leak into them)."""
     from lerobot.datasets.compute_stats import aggregate_stats

@@ -203,6 +203,8 @@ class Trainer:
         self._set_feature_shapes(check_against=None)
         self.policy.to(self.device)
         stats = data.train_stats(self.meta, self.train_episodes)
+        if cfg.imagenet_stats:
+            stats = data.with_imagenet_stats(stats, self.meta)
         self.preprocessor, self.postprocessor = new_processors(self.policy_cfg, stats)
         self._make_optimizer()
         self.topology = [self._topology_entry(0)]
