@@ -229,3 +229,54 @@ def test_eval_json_fields_are_documented_and_report_file_written(
         capsys,
     )
     assert code == 2 and "not a 'piperctl eval --json' report" in one_error_line(err)
+
+
+def test_eval_and_init_from_take_a_lerobot_train_output_folder(
+    eval_run: Path, tiny_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    # lerobot-train's layout: RUN/checkpoints/<step:06d>/{pretrained_model,training_state}, last -> newest.
+    lerobot_run = tmp_path / "outputs" / "train" / "act_piper"
+    for step in (1, 2):
+        ckpt = lerobot_run / "checkpoints" / f"{step:06d}"
+        shutil.copytree(eval_run / "pretrained_model", ckpt / "pretrained_model")
+        for ours in ("manifest.json", "piperctl.json", "README.md"):
+            (ckpt / "pretrained_model" / ours).unlink(missing_ok=True)
+        (ckpt / "training_state").mkdir()
+        (ckpt / "training_state" / "training_step.json").write_text(json.dumps({"step": step}))
+    (lerobot_run / "checkpoints" / "last").symlink_to("000002")
+
+    for path, step in [
+        (lerobot_run, 2),
+        (lerobot_run / "checkpoints", 2),
+        (lerobot_run / "checkpoints" / "last", 2),
+        (lerobot_run / "checkpoints" / "000001", 1),
+        (lerobot_run / "checkpoints" / "000001" / "pretrained_model", 1),
+    ]:
+        code, stdout, err = run_cli(
+            ["eval", path, "--dataset-root", tiny_ds, "--episodes", "4", "--json"], capsys
+        )
+        assert code == 0, err
+        model = json.loads(stdout)["model"]
+        assert model["step"] == step, path
+        if path.name != "pretrained_model":
+            assert (
+                f"lerobot-train checkpoint {'000002' if step == 2 else '000001'} (step {step})"
+                in model["description"]
+            )
+
+    from piperctl import train
+
+    ft = tmp_path / "ft"
+    train(
+        ft,
+        dataset_root=str(tiny_ds),
+        init_from=str(lerobot_run),
+        steps=1,
+        save_every=1,
+        batch_size=2,
+        num_workers=0,
+        policy_options={},
+    )
+    assert "lerobot-train checkpoint 000002 (step 2)" in capsys.readouterr().err

@@ -33,12 +33,15 @@ class ModelSource:
     state: fmt.TrainingState | None = None  # a checkpoint's training state
     info: dict[str, Any] | None = None  # piperctl.json of a final model or an export
     best: fmt.BestCheckpoint | None = None
+    saved_step: int | None = None  # the step another tool recorded (a lerobot-train checkpoint)
 
     @property
     def step(self) -> int | None:
         """The optimizer step the weights were saved at, when known."""
         if self.state is not None:
             return self.state.step
+        if self.saved_step is not None:
+            return self.saved_step
         step = (self.info or {}).get("step")
         return step if isinstance(step, int) else None
 
@@ -174,10 +177,69 @@ def resolve_model(path: str | Path, *, final: bool = False) -> ModelSource:
         if (path / fmt.MANIFEST).is_file():
             _require_intact(path, "model", layout.files)
         info = read_model_info(path)
-        return ModelSource(path, layout, "model", f"the model in {path}", info=info)
+        step = _lerobot_train_step(path.parent) if path.name == LEROBOT_PRETRAINED else None
+        return ModelSource(path, layout, "model", f"the model in {path}", info=info, saved_step=step)
+    lerobot = _lerobot_train_checkpoint(path)
+    if lerobot is not None:
+        return lerobot
     raise PiperctlError(
         f"{path} holds no model (no config.json, no checkpoint-N folders)",
         hint="pass a run folder, a checkpoint-N folder, an exported model or a lerobot pretrained_model folder",
+    )
+
+
+# lerobot-train's output layout (lerobot.utils.constants): RUN/checkpoints/<step:06d>/pretrained_model/,
+# RUN/checkpoints/last -> the newest step, and training_state/training_step.json beside pretrained_model/.
+LEROBOT_CHECKPOINTS = "checkpoints"
+LEROBOT_LAST = "last"
+LEROBOT_PRETRAINED = "pretrained_model"
+LEROBOT_STEP_FILE = "training_state/training_step.json"
+
+
+def _lerobot_train_step(checkpoint: Path) -> int | None:
+    """The step of a lerobot-train checkpoint folder: from its training_step.json, else its name."""
+    try:
+        step = json.loads((checkpoint / LEROBOT_STEP_FILE).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    if isinstance(step, int):
+        return step
+    name = checkpoint.resolve().name
+    return int(name) if name.isdigit() else None
+
+
+def _lerobot_train_checkpoint(path: Path) -> ModelSource | None:
+    """A lerobot-train run (its newest step), `checkpoints/`, `checkpoints/last` or `checkpoints/<step>`; None otherwise."""
+    if (path / LEROBOT_PRETRAINED / fmt.POLICY_CONFIG).is_file():
+        chosen, why = path, "named"
+    else:
+        steps_dir = path / LEROBOT_CHECKPOINTS if (path / LEROBOT_CHECKPOINTS).is_dir() else path
+        steps = (
+            sorted(
+                (
+                    p
+                    for p in steps_dir.iterdir()
+                    if p.name.isdigit() and (p / LEROBOT_PRETRAINED / fmt.POLICY_CONFIG).is_file()
+                ),
+                key=lambda p: int(p.name),
+            )
+            if steps_dir.is_dir()
+            else []
+        )
+        if not steps:
+            return None
+        chosen, why = steps[-1], "newest"
+    folder = chosen / LEROBOT_PRETRAINED
+    step = _lerobot_train_step(chosen)
+    at = f" (step {step})" if step is not None else ""
+    which = "" if why == "named" else ", the run's newest"
+    return ModelSource(
+        folder,
+        fmt.model_layout(folder),
+        "model",
+        f"lerobot-train checkpoint {chosen.resolve().name}{at}{which}",  # `last` is a link to a step
+        info=read_model_info(folder),
+        saved_step=step,
     )
 
 
