@@ -38,7 +38,9 @@ def test_versions_and_the_convert_command(synth_dataset: Path, legacy: Path) -> 
         dsi.require_v30(legacy)
     line = _line(e)
     assert f"{legacy} is a LeRobot v2.1 dataset" in line
-    assert line.endswith(f"piperctl dataset convert {legacy} {legacy.parent / 'old_v30'}")  # no --retime needed
+    assert line.endswith(
+        f"piperctl dataset convert {legacy} {legacy.parent / 'old_v30'}"
+    )  # no --retime needed
     assert dsi.convert_command(Path("/a b/ds"), "/x/out", retime=True) == (
         "piperctl dataset convert '/a b/ds' /x/out --retime"
     )
