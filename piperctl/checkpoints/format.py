@@ -358,7 +358,11 @@ class TrainingState:
         problems = cls.problems(data, folder)
         if any(p.code == "training-state-invalid" for p in problems) or not isinstance(data, dict):
             return None, problems
-        return cls.from_json(data), problems
+        try:
+            return cls.from_json(data), problems
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            why = Problem("training-state-invalid", f"{TRAINING_STATE} holds a malformed field ({e})")
+            return None, [*problems, why]
 
     @classmethod
     def read(cls, folder: Path) -> TrainingState | None:

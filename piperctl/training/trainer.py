@@ -255,11 +255,11 @@ class Trainer:
     def run(self, start: tuple[Path, TrainingState] | None) -> TrainResult:
         """Train until `cfg.steps`, checkpointing when the manager says so and on SIGINT/SIGTERM."""
         cfg, dist = self.cfg, self.dist
-        if self.best_metric == "val_action_nmae" and self.scorer is None:
-            raise PiperctlError(
-                "--best-metric val_action_nmae needs an open-loop scorer: train with piperctl.train"
-            )
         dist.all_or_none(lambda: self.setup(start))
+        if self.feed.val_loader is not None and self.best_metric == "val_action_nmae" and self.scorer is None:
+            raise PiperctlError(
+                "--best-metric val_action_nmae needs the open-loop scorer: train with piperctl.train"
+            )
         # DDP wraps the model only once every rank has built it: its constructor is a collective.
         self.model, self.parts.optimizer = dist.prepare(self.policy, self.parts.optimizer)
         if start is None:
