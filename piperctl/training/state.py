@@ -89,7 +89,7 @@ class Progress:
         self.best = state["best"]
 
 
-class RngState:
+class RandomState:
     """Every random generator of every rank (python, numpy, torch CPU/CUDA/MPS): one part of the state."""
 
     def __init__(self, dist: Dist, seed: int) -> None:
@@ -115,7 +115,7 @@ class Snapshot:
     preprocessor: PolicyProcessorPipeline
     postprocessor: PolicyProcessorPipeline
     optimizer: dict[str, Any]
-    rng: list[rng.RngState]
+    generators: list[rng.RngState]  # every rank's, rank r's at index r
     training_state: TrainingState
 
     def write(self, folder: Path) -> None:
@@ -124,7 +124,7 @@ class Snapshot:
         maybe_crash("mid-save", self.step)
         maybe_crash("disk-full", self.step)
         torch.save(self.optimizer, folder / OPTIMIZER_STATE)
-        rng.save_rng_states(folder, self.rng)
+        rng.save_rng_states(folder, self.generators)
         (folder / TRAINING_STATE).write_text(self.training_state.to_text(), encoding="utf-8")
 
 
@@ -140,7 +140,7 @@ class RunState:
         parts: ModelParts,
         precision: Precision,
         progress: Progress,
-        rng_state: RngState,
+        rng_state: RandomState,
         describes: TrainingState,
     ) -> None:
         self.parts = parts  # policy, processors, optimizer (the prepared one once DDP wraps it), scheduler

@@ -37,7 +37,7 @@ from piperctl.training.metrics import MetricsLog, NoMetrics, Rate, plot_loss_cur
 from piperctl.training.precision import Precision
 from piperctl.training.scoring import OpenLoopScorer
 from piperctl.training.signals import StopFlag
-from piperctl.training.state import Progress, RngState, RunState, versions
+from piperctl.training.state import Progress, RandomState, RunState, versions
 from piperctl.training.trackers import Tracker
 
 if TYPE_CHECKING:
@@ -119,7 +119,9 @@ class Trainer:
             self.parts = build.resumed_model(cfg, self.device, self.split, *start)
         describes = build.describe_run(cfg, self.run_id, dist, self.split, self.parts, versions())
         self.progress.topology = list(describes.topology)
-        self.state = RunState(self.parts, self.precision, self.progress, RngState(dist, cfg.seed), describes)
+        self.state = RunState(
+            self.parts, self.precision, self.progress, RandomState(dist, cfg.seed), describes
+        )
         if start is not None:
             self._restore(*start)
         self.feed = build.open_feed(cfg, dist, self.device, self.split, self.parts.policy_cfg)
