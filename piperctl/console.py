@@ -84,12 +84,12 @@ class Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, log_every_s: float = 10.0) -> Iterator[Bar]:
-    """Yield a `Bar` for `total` units of work, live on a terminal and logged otherwise."""
-    bar = Bar(description=description, total=total, log_every_s=log_every_s)
+def progress_bar(description: str, total: int, log_every_s: float = 10.0, start: int = 0) -> Iterator[Bar]:
+    """Yield a `Bar` for `total` units of work, `start` of them already done (a resumed run), live on a terminal and logged otherwise."""
+    bar = Bar(description=description, total=total, completed=start, log_every_s=log_every_s)
     if not is_interactive():
         bar._last_log = time.monotonic()
-        log(f"{description}: 0/{total}")
+        log(f"{description}: {start}/{total}")
         yield bar
         return
     progress = Progress(
@@ -104,7 +104,7 @@ def progress_bar(description: str, total: int, log_every_s: float = 10.0) -> Ite
     )
     with progress:
         bar.progress = progress
-        bar.task_id = progress.add_task(description, total=total, info="")
+        bar.task_id = progress.add_task(description, total=total, completed=start, info="")
         yield bar
 
 

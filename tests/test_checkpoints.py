@@ -176,6 +176,25 @@ def test_damage_is_found_and_named(
     assert (code == 1) is quick_finds  # --quick reads no content: a same-size bit flip passes it
 
 
+def test_training_state_reads_typed_and_writes_back_the_same(good_run: Path) -> None:
+    from piperctl.checkpoints.format import LrSchedule, Topology
+
+    written = json.loads((good_run / "checkpoint-4" / ckpt.TRAINING_STATE).read_text())
+    state, problems = ckpt.TrainingState.parse(written, good_run / "checkpoint-4")
+    assert problems == [] and state is not None
+    assert state.topology == [Topology(0, 1, 4, 4)] and isinstance(state.lr_schedule, LrSchedule)
+    assert state.lr_schedule.total_steps == 4 and state.data.epoch_length > 0
+    # Typed on the inside, the same JSON on disk: what the trainer writes parses back unchanged.
+    assert json.loads(state.to_text()) == written
+    # Checkpoints written before topology, the LR schedule and best were recorded still load.
+    older = {k: v for k, v in written.items() if k not in ("topology", "lr_schedule", "best")}
+    state = ckpt.TrainingState.parse(older)[0]
+    assert state is not None and state.topology == [] and state.lr_schedule is None and state.best is None
+    # A field of the wrong type is a problem verify reports, not a crash.
+    state, problems = ckpt.TrainingState.parse({**written, "samples_seen": "many"})
+    assert state is None and problems[-1].code == "training-state-invalid"
+
+
 def test_renamed_folder_step_disagrees(
     good_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,6 +62,15 @@ def test_run_layout_and_keep_last(reference_run: Path) -> None:
         assert (final / name).is_file(), name
     manifest = json.loads((final / ckpt.MANIFEST).read_text())
     assert ckpt.OPTIMIZER_STATE not in manifest["files"] and manifest["step"] == 8
+    # lerobot's save_pretrained writes the final model, piperctl's checkpoint writer checkpoint-8: the
+    # weights and policy config of the same step are the same bytes under either layout's names.
+    assert (final / ckpt.LEROBOT_WEIGHTS).read_bytes() == (c8 / ckpt.POLICY_WEIGHTS).read_bytes()
+    assert (final / ckpt.POLICY_CONFIG).read_bytes() == (c8 / ckpt.POLICY_CONFIG).read_bytes()
+    assert not (c8 / ckpt.LEROBOT_WEIGHTS).exists() and not (final / ckpt.POLICY_WEIGHTS).exists()
+    assert state["lr_schedule"]["unit"] == "optimizer step" and state["lr_schedule"]["total_steps"] == 8
+    assert state["topology"] == [
+        {"from_step": 0, "world_size": 1, "batch_size_per_process": 4, "effective_batch_size": 4}
+    ]
     rows = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert {"loss", "lr", "grad_norm", "steps_per_s"} <= rows[0].keys()
@@ -172,16 +181,23 @@ def test_diffusion_trains_and_resumes_exactly_with_scheduler(
     assert_same_weights(tmp_path / "cut", tmp_path / "ref")
 
 
-def test_resume_can_extend_the_run(tmp_path: Path, reference_run: Path) -> None:
+def test_resume_can_extend_the_run(
+    tmp_path: Path, reference_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from piperctl.training import resume
 
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
+    capsys.readouterr()
     result = resume(run, steps=10)
     assert result.step == 10 and (run / "checkpoint-10").is_dir()
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(
         range(1, 11)
     )
+    # The progress starts at the resumed step (issue 22 item 14), not at 0.
+    err = capsys.readouterr().err
+    assert "training: 8/10" in err and "training: 0/10" not in err
+    assert "training: 10/10" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,13 +95,14 @@ def test_augmentation_touches_training_batches_only(tmp_path: Path, tiny_ds: Pat
     )
     trainer = Trainer(cfg, tmp_path / "run", "test")
     trainer.setup(None)
-    assert trainer.loader.dataset.transform is not None
-    assert trainer.val_loader.dataset.transform is None
-    train_item = trainer.loader.dataset[(0, 0)]
-    plain = trainer.dataset[0]
-    camera = trainer.meta.camera_keys[0]
+    feed = trainer.feed
+    assert feed.loader.dataset.transform is not None
+    assert feed.val_loader is not None and feed.val_loader.dataset.transform is None
+    train_item = feed.loader.dataset[(0, 0)]
+    plain = feed.dataset[0]
+    camera = trainer.split.meta.camera_keys[0]
     assert not torch.equal(train_item[camera], plain[camera])
-    assert torch.equal(trainer.loader.dataset[(0, 0)][camera], train_item[camera])  # seeded per sample
+    assert torch.equal(feed.loader.dataset[(0, 0)][camera], train_item[camera])  # seeded per sample
 
 
 def test_augment_config_file(tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]) -> None:

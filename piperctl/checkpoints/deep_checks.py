@@ -262,44 +262,44 @@ def _check_training_state(ctx: Context) -> None:
         return
     ctx.ran.add("training_state")
     try:
-        state = read_json(ctx.folder / name, "training state")
+        data = read_json(ctx.folder / name, "training state")
     except PiperctlError as e:
         ctx.add(
             "training_state", "training-state-invalid", e.message.replace(str(ctx.folder / name), name), name
         )
         return
-    problems = fmt.TrainingState.problems(state, ctx.folder)
+    state, problems = fmt.TrainingState.parse(data, ctx.folder)
     for p in problems:
         ctx.add("training_state", p.code, p.message, None if p.code == "bad-name" else name)
-    if any(p.code == "training-state-invalid" for p in problems):
+    if state is None:
         return
     cfg = ctx.cfg
     if cfg is not None:
-        if state.get("policy_type") not in (None, cfg.type):
+        if state.policy_type not in (None, cfg.type):
             ctx.add(
                 "training_state",
                 "config-mismatch",
-                f"{name} is for a {state.get('policy_type')!r} policy but config.json holds {cfg.type!r}",
+                f"{name} is for a {state.policy_type!r} policy but config.json holds {cfg.type!r}",
                 name,
             )
-        elif state.get("feature_shapes") and state["feature_shapes"] != feature_shapes(cfg):
+        elif state.feature_shapes and state.feature_shapes != feature_shapes(cfg):
             ctx.add(
                 "training_state",
                 "config-mismatch",
-                f"{name} feature shapes {state['feature_shapes']} differ from config.json's {feature_shapes(cfg)}",
+                f"{name} feature shapes {state.feature_shapes} differ from config.json's {feature_shapes(cfg)}",
                 name,
             )
     run_file = ctx.folder.parent / fmt.RUN_FILE
     if run_file.is_file():
         try:
-            run_id = json.loads(run_file.read_text(encoding="utf-8")).get("run_id")
-        except (OSError, ValueError, AttributeError):
+            run_id = fmt.RunInfo.from_json(read_json(run_file, "run file")).run_id
+        except PiperctlError:
             run_id = None
-        if run_id and state.get("run_id") != run_id:
+        if run_id and state.run_id != run_id:
             ctx.add(
                 "training_state",
                 "run-mismatch",
-                f"{name} belongs to run {state.get('run_id')}, not to the run in {ctx.folder.parent} ({run_id})",
+                f"{name} belongs to run {state.run_id}, not to the run in {ctx.folder.parent} ({run_id})",
                 name,
             )
 

@@ -19,6 +19,7 @@ from typing import Any
 from piperctl import __version__
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import publish, sha256_file
+from piperctl.checkpoints.model_card import model_card
 from piperctl.checkpoints.sources import ModelSource, resolve_model
 from piperctl.checkpoints.untrusted import processor_config_problems
 from piperctl.console import log
@@ -275,87 +276,6 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
     url = str(getattr(repo, "url", f"https://huggingface.co/{repo_id}"))
     log(f"pushed to {url}")
     return url
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def model_card(info: dict[str, Any], eval_report: dict | None = None) -> str:
-    """README.md for an export: Hub metadata, what the policy is, how it was trained and scored, how to load it."""
-    import lerobot
-    from huggingface_hub import ModelCardData
-
-    dataset = info.get("dataset") or {}
-    policy = info.get("policy_type") or "policy"
-    ds_id = dataset.get("id")
-    data = ModelCardData(
-        library_name="lerobot",
-        pipeline_tag="robotics",
-        license="apache-2.0",
-        tags=sorted({"robotics", "lerobot", "piperctl", str(policy)}),
-        datasets=[ds_id] if ds_id and "/" in ds_id and not ds_id.startswith("local/") else None,
-    )
-    versions = info.get("versions") or {}
-    lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
-        f"# {policy} policy trained with piperctl",
-        "",
-        f"A [lerobot](https://github.com/huggingface/lerobot) `{policy}` policy, exported by piperctl in lerobot's "
-        "`pretrained_model` layout.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| policy type | `{policy}` |",
-        f"| dataset | `{_fmt(ds_id)}` |",
-        f"| dataset fingerprint | `{_fmt(dataset.get('fingerprint'))}` |",
-        f"| episodes (train / validation) | {len(dataset.get('train_episodes') or [])} / {len(dataset.get('val_episodes') or [])} |",
-        f"| optimizer steps | {_fmt(info.get('step'))} |",
-        f"| train loss | {_fmt(info.get('train_loss'))} |",
-        f"| validation loss | {_fmt(info.get('val_loss'))} |",
-    ]
-    best = info.get("best")
-    if isinstance(best, dict):
-        lines.append(
-            f"| best checkpoint | step {best.get('step')} ({best.get('metric')} {_fmt(best.get('value'))}) |"
-        )
-    lines += [
-        f"| piperctl | {versions.get('piperctl') or __version__} |",
-        f"| lerobot | {versions.get('lerobot') or lerobot.__version__} |",
-        "",
-    ]
-    if eval_report is not None:
-        from piperctl.evaluation.report import to_markdown
-
-        lines += ["## Open-loop evaluation", "", to_markdown(eval_report), ""]
-    lines += [
-        "## How to load it",
-        "",
-        "```python",
-        "from lerobot.configs.policies import PreTrainedConfig",
-        "from lerobot.policies.factory import get_policy_class, make_pre_post_processors",
-        "",
-        'path = "THIS_FOLDER_OR_REPO_ID"',
-        "cfg = PreTrainedConfig.from_pretrained(path)",
-        "policy = get_policy_class(cfg.type).from_pretrained(path)",
-        "preprocessor, postprocessor = make_pre_post_processors(cfg, pretrained_path=path)",
-        "action = postprocessor(policy.select_action(preprocessor(observation)))",
-        "```",
-        "",
-        "On the arm: `lerobot-rollout --policy.path=THIS_FOLDER_OR_REPO_ID ...`; to fine-tune: "
-        "`piperctl train --init-from THIS_FOLDER_OR_REPO_ID ...` or `lerobot-train --policy.path=...`.",
-        "",
-        "`manifest.json` lists the sha256 of every file: `piperctl checkpoints verify FOLDER` proves the copy intact.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def weights_digest(folder: Path, layout: fmt.ModelLayout) -> str:

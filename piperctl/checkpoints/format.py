@@ -182,6 +182,57 @@ class DatasetInfo:
 
 
 @dataclass
+class Topology:
+    """One stretch of a run with a fixed number of processes, from optimizer step `from_step` on."""
+
+    from_step: int
+    world_size: int
+    batch_size_per_process: int
+    effective_batch_size: int
+
+    @classmethod
+    def from_json(cls, data: object) -> Topology | None:
+        """Parse one `topology` entry (None when malformed)."""
+        if not isinstance(data, dict):
+            return None
+        values = [data.get(k) for k in cls.__dataclass_fields__]
+        if not all(isinstance(v, int) for v in values):
+            return None
+        return cls(*values)
+
+
+@dataclass
+class LrSchedule:
+    """The learning-rate schedule of a run, as stated at its start (it advances once per optimizer step)."""
+
+    type: str  # lerobot scheduler preset, or "constant"
+    warmup_steps: int
+    total_steps: int
+    peak_lr: float
+    param_group_lrs: list[float]
+    unit: str = "optimizer step"
+    scaled_with_world_size: bool = False
+
+    @classmethod
+    def from_json(cls, data: object) -> LrSchedule | None:
+        """Parse the `lr_schedule` entry of a training state (None when absent or malformed)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(
+                type=str(data["type"]),
+                warmup_steps=int(data.get("warmup_steps") or 0),
+                total_steps=int(data["total_steps"]),
+                peak_lr=data["peak_lr"],
+                param_group_lrs=list(data.get("param_group_lrs") or []),
+                unit=str(data.get("unit") or "optimizer step"),
+                scaled_with_world_size=bool(data.get("scaled_with_world_size", False)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass
 class BestCheckpoint:
     """The best checkpoint of a run so far: its step and the validation metric that made it best (lower wins)."""
 
@@ -222,8 +273,8 @@ class TrainingState:
     grad_accum: int = 1
     batch_size_per_process: int | None = None
     effective_batch_size: int | None = None
-    lr_schedule: dict | None = None
-    topology: list[dict] = field(default_factory=list)
+    lr_schedule: LrSchedule | None = None
+    topology: list[Topology] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=utc_now)
     resumed_from: str | None = None
@@ -293,13 +344,38 @@ class TrainingState:
             grad_accum=int(data.get("grad_accum") or 1),
             batch_size_per_process=data.get("batch_size_per_process"),
             effective_batch_size=data.get("effective_batch_size"),
-            lr_schedule=data.get("lr_schedule"),
-            topology=list(data.get("topology") or []),
+            lr_schedule=LrSchedule.from_json(data.get("lr_schedule")),
+            topology=[t for t in map(Topology.from_json, data.get("topology") or []) if t is not None],
             versions=dict(data.get("versions") or {}),
             created=str(data.get("created") or ""),
             resumed_from=data.get("resumed_from"),
             best=BestCheckpoint.from_json(data.get("best")),
         )
+
+    @classmethod
+    def parse(cls, data: object, folder: Path | None = None) -> tuple[TrainingState | None, list[Problem]]:
+        """`data` (parsed JSON) as a training state, or None when it is not one; plus every problem found."""
+        problems = cls.problems(data, folder)
+        if any(p.code == "training-state-invalid" for p in problems) or not isinstance(data, dict):
+            return None, problems
+        try:
+            return cls.from_json(data), problems
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            why = Problem("training-state-invalid", f"{TRAINING_STATE} holds a malformed field ({e})")
+            return None, [*problems, why]
+
+    @classmethod
+    def read(cls, folder: Path) -> TrainingState | None:
+        """A folder's training_state.json, read leniently: None when it is missing, garbled or not a state.
+
+        For looking before verifying (which checkpoint a run recorded as best, its options); loaders that
+        act on a checkpoint read it strictly (`checkpoints.manager.read_training_state`).
+        """
+        try:
+            data = json.loads((folder / TRAINING_STATE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        return cls.parse(data)[0]
 
     def to_text(self) -> str:
         """The file's text: pretty, sorted JSON."""

@@ -127,8 +127,12 @@ class CheckpointManager:
             )
 
     def clean_stale(self) -> list[Path]:
-        """Remove what interrupted saves of ours left in the run folder."""
-        return remove_stale_tmp(self.run_dir)
+        """Remove what interrupted saves of ours left in the run folder, saying so."""
+        removed = remove_stale_tmp(self.run_dir)
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            log(f"removed {len(removed)} unfinished save(s) left by an interrupted run: {names}")
+        return removed
 
     def start_run(self, run_id: str, config: dict[str, Any]) -> None:
         """Make the folder a run: write run.json (only once dataset, policy and options are known to work)."""
@@ -156,11 +160,10 @@ def read_run_file(run_dir: Path) -> RunInfo | None:
 
 def read_training_state(folder: Path) -> TrainingState:
     """training_state.json of a checkpoint, checked against the folder name (the first problem raises)."""
-    data = read_json(folder / TRAINING_STATE, "training state")
-    problems = TrainingState.problems(data, folder)
-    if problems:
+    state, problems = TrainingState.parse(read_json(folder / TRAINING_STATE, "training state"), folder)
+    if problems or state is None:
         raise PiperctlError(f"{folder}: {problems[0].message}")
-    return TrainingState.from_json(data)
+    return state
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, list[tuple[Path, str]]]:

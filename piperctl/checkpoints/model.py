@@ -16,6 +16,7 @@ from safetensors.torch import save_model
 
 from piperctl.checkpoints.format import (
     CHECKPOINT_LAYOUT,
+    LEROBOT_WEIGHTS,
     POLICY_CONFIG,
     ModelLayout,
     model_layout,
@@ -27,8 +28,13 @@ def save_model_files(
     folder: Path, policy, preprocessor, postprocessor, layout: ModelLayout = CHECKPOINT_LAYOUT
 ) -> None:
     """Write weights, policy config and processors into `folder` under `layout`'s file names."""
-    policy.config._save_pretrained(folder)
-    save_model(policy, str(folder / layout.weights))
+    if layout.weights == LEROBOT_WEIGHTS:
+        policy.save_pretrained(folder)  # config.json and model.safetensors, as lerobot-train writes them
+    else:
+        # `save_pretrained` always names the weights model.safetensors; a checkpoint keeps its own name
+        # (policy.safetensors, docs/checkpoint-format.md), written by the same safetensors call.
+        policy.config.save_pretrained(folder)
+        save_model(policy, str(folder / layout.weights))
     preprocessor.save_pretrained(folder, config_filename=layout.preprocessor)
     postprocessor.save_pretrained(folder, config_filename=layout.postprocessor)
 

@@ -71,21 +71,10 @@ def read_model_info(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _state_of(folder: Path) -> fmt.TrainingState | None:
-    """A checkpoint's training state, read leniently (None when it does not parse)."""
-    try:
-        data = json.loads((folder / fmt.TRAINING_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if fmt.TrainingState.problems(data):
-        return None
-    return fmt.TrainingState.from_json(data)
-
-
 def find_best(run_dir: Path) -> tuple[fmt.BestCheckpoint, Path] | None:
     """The best checkpoint a run recorded (from its newest readable training state), if that folder still exists."""
     for folder in reversed(fmt.list_checkpoints(run_dir)):
-        state = _state_of(folder)
+        state = fmt.TrainingState.read(folder)
         if state is None:
             continue
         if state.best is None:

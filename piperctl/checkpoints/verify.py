@@ -110,11 +110,9 @@ def find_targets(paths: Sequence[Path]) -> list[Target]:
 
 def _finished(checkpoint: Path) -> bool:
     """True when a checkpoint's training state says it is the run's last step (read without trusting it)."""
-    try:
-        state = json.loads((checkpoint / fmt.TRAINING_STATE).read_text(encoding="utf-8"))
-        return int(state["step"]) >= int(state["config"]["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    state = fmt.TrainingState.read(checkpoint)
+    steps = state.config.get("steps") if state is not None else None
+    return state is not None and isinstance(steps, int) and state.step >= steps
 
 
 def _scan(target: Target) -> QuickCheck:

@@ -203,25 +203,27 @@ def action_scale(meta: Any, joints: int) -> np.ndarray:
     return np.asarray(std, dtype=np.float64).reshape(-1)[:joints]
 
 
-def score_during_training(trainer: Any) -> float:
-    """`val_action_nmae` for the trainer's current weights on its held-out episodes (rank 0)."""
-    cfg = trainer.cfg
-    dataset = _frames_dataset(cfg.dataset_id, str(cfg.dataset_root) if cfg.dataset_root else None)
-    recorded = bl.read_episodes(trainer.meta.root, trainer.val_episodes, trainer.meta.features)
-    runs = run_policy(
-        trainer.policy,
-        trainer.preprocessor,
-        trainer.postprocessor,
-        dataset,
-        trainer.meta,
-        trainer.val_episodes,
-        seed=cfg.seed,
-        progress=False,
-    )
-    scores = score(recorded, runs, None)
-    stats = scores.executed["policy"]
+def score_during_training(
+    policy: Any,
+    preprocessor: Any,
+    postprocessor: Any,
+    meta: Any,
+    episodes: list[int],
+    *,
+    dataset_id: str,
+    dataset_root: str | None,
+    seed: int,
+) -> float:
+    """`val_action_nmae` of `policy` on held-out `episodes` (a run's rank 0 during training); inf when none scored.
+
+    Fits `piperctl.training.scoring.OpenLoopScorer`: `piperctl.train` hands it to the trainer.
+    """
+    dataset = _frames_dataset(dataset_id, dataset_root)
+    recorded = bl.read_episodes(meta.root, episodes, meta.features)
+    runs = run_policy(policy, preprocessor, postprocessor, dataset, meta, episodes, seed=seed, progress=False)
+    stats = score(recorded, runs, None).executed["policy"]
     joints = len(stats.mae) if stats is not None else 0
-    value = stats.nmae(action_scale(trainer.meta, joints)) if stats is not None else None
+    value = stats.nmae(action_scale(meta, joints)) if stats is not None else None
     return float("inf") if value is None else value
 
 

@@ -1,4 +1,8 @@
-"""The `piperctl eval` report: one JSON document (docs/export-eval.md), a Rich table, and Markdown for model cards."""
+"""The `piperctl eval` report: one JSON document (docs/export-eval.md) and a Rich table.
+
+Its Markdown for model cards, and the verdict sentence both share, live one floor down in
+`checkpoints/model_card.py`, so that export never imports evaluation.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from piperctl.checkpoints.model_card import cell as _cell
+from piperctl.checkpoints.model_card import num as _num
+from piperctl.checkpoints.model_card import verdict
 from piperctl.evaluation import baselines as bl
 from piperctl.evaluation.metrics import ErrorStats
 
@@ -83,15 +90,6 @@ def _beats(policy: float | None, baseline: float | None) -> bool | None:
     return None if policy is None or baseline is None else policy < baseline
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def _cell(report: dict, name: str, stat: str, joint: str) -> str:
-    block = report["executed"].get(name)
-    return "n/a" if block is None else _num(block[stat][joint])
-
-
 def _horizon_mae(block: dict | None) -> str:
     if block is None or not block["frames"]:
         return "n/a"
@@ -142,45 +140,3 @@ def print_report(report: dict) -> None:
             chunk.add_row(str(row["step"]), *(_horizon_mae(row[n]) for n in NAMES))
         out.print(chunk)
     out.print(verdict(report), highlight=False)
-
-
-def verdict(report: dict) -> str:
-    """One sentence: does the policy beat the baselines?"""
-    s = report["summary"]
-    if s["policy"] is None:
-        return "no frames were scored"
-    parts = []
-    for name in ("hold", "repeat"):
-        if name == "hold" and report.get("hold_unavailable"):
-            parts.append(f"'hold' n/a: {report['hold_unavailable']}")
-        elif s[name] is None:
-            parts.append(f"'{name}' n/a")
-        else:
-            ratio = s["policy"] / s[name] if s[name] else float("inf")
-            parts.append(f"{ratio:.2f}x the error of '{name}'")
-    good = s["beats_hold"] is not False and s["beats_repeat"] is not False
-    return ("policy beats both baselines: " if good else "policy does NOT beat the baselines: ") + ", ".join(
-        parts
-    )
-
-
-def to_markdown(report: dict) -> str:
-    """The per-joint table as Markdown (for the model card)."""
-    eps = report["episodes"]
-    lines = [
-        f"Executed action vs recorded action on {len(eps['ids'])} episode(s) ({eps['spec']}), "
-        f"{eps['scored_frames']} frames; mean absolute error in the dataset's units. "
-        "Baselines: *hold* = command the current state, *repeat* = the previous recorded action.",
-        "",
-        "| joint | policy | hold | repeat |",
-        "|---|---:|---:|---:|",
-    ]
-    for joint in report["joints"]:
-        lines.append(
-            f"| {joint} | {_cell(report, 'policy', 'mae', joint)} | {_cell(report, 'hold', 'mae', joint)} | "
-            f"{_cell(report, 'repeat', 'mae', joint)} |"
-        )
-    s = report["summary"]
-    lines.append(f"| **normalised MAE** | {_num(s['policy'])} | {_num(s['hold'])} | {_num(s['repeat'])} |")
-    lines += ["", verdict(report) + "."]
-    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Training: the config, the trainer and its loop, data order, policies, RNG, signals, multi-process.
 
-`from piperctl.training import train, resume` is the API; importing this package stays light until
-one of them is used.
+`from piperctl.training import train, resume` is this layer's API; importing this package stays light
+until one of them is used. `piperctl.train` / `piperctl.resume` are the same, wired with evaluation's
+open-loop scorer (needed for `--best-metric val_action_nmae`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from piperctl.errors import PiperctlError
 from piperctl.training import distributed
 from piperctl.training.config import TrainConfig, resolve_device
 from piperctl.training.precision import resolve_precision
+from piperctl.training.scoring import OpenLoopScorer
 from piperctl.training.trainer import Trainer, TrainResult
 
 
@@ -37,15 +37,20 @@ def train(
     output_dir: str | Path,
     dataset_id: str | None = None,
     resume_from_checkpoint: str | Path | None = None,
+    *,
+    scorer: OpenLoopScorer | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train a LeRobot policy into `output_dir`, or continue from `resume_from_checkpoint`.
 
     Options are the fields of `TrainConfig`. Started by torchrun or `accelerate launch`, every
     process calls this and becomes one rank of a data-parallel run (see docs/distributed.md).
+    `scorer` scores `--best-metric val_action_nmae`; `piperctl.train` passes evaluation's.
     """
     if resume_from_checkpoint is not None:
-        return resume(resume_from_checkpoint, output_dir=output_dir, dataset_id=dataset_id, **options)
+        return resume(
+            resume_from_checkpoint, output_dir=output_dir, dataset_id=dataset_id, scorer=scorer, **options
+        )
     lock = RunLock()
     with distributed.errors_once():
         cfg = TrainConfig.from_options(output_dir, dataset_id, options)
@@ -64,13 +69,18 @@ def train(
             # The writing rank holds the run's lock for as long as it runs.
             dist.all_or_none(claim, main_only=True)
             run_id = dist.broadcast(uuid.uuid4().hex)
-            return Trainer(cfg, run_dir, run_id, dist).run(start=None)
+            return Trainer(cfg, run_dir, run_id, dist, scorer).run(start=None)
         finally:
             lock.release()
 
 
 def resume(
-    path: str | Path, output_dir: str | Path | None = None, dataset_id: str | None = None, **changes: Any
+    path: str | Path,
+    output_dir: str | Path | None = None,
+    dataset_id: str | None = None,
+    *,
+    scorer: OpenLoopScorer | None = None,
+    **changes: Any,
 ) -> TrainResult:
     """Continue a run exactly where checkpoint `path` (or the newest intact one of a run folder) left it.
 
@@ -91,8 +101,8 @@ def resume(
                 lambda: _prepare_resume(path, output_dir, dataset_id, changes, lock), main_only=True
             )
             if folder is None:
-                return Trainer(cfg, Path(cfg.output_dir), run_id, dist).run(start=None)
-            return Trainer(cfg, folder.parent, run_id, dist).run(start=(folder, state))
+                return Trainer(cfg, Path(cfg.output_dir), run_id, dist, scorer).run(start=None)
+            return Trainer(cfg, folder.parent, run_id, dist, scorer).run(start=(folder, state))
         finally:
             lock.release()
 
@@ -126,18 +136,14 @@ def _saved_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     folders = [path] if (path / TRAINING_STATE).is_file() else list_checkpoints(path)[::-1]
     for folder in folders:
-        try:
-            config = json.loads((folder / TRAINING_STATE).read_text(encoding="utf-8"))["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(config, dict):
-            return config
-    run = path / RUN_FILE
+        state = TrainingState.read(folder)
+        if state is not None:
+            return state.config
     try:
-        config = json.loads(run.read_text(encoding="utf-8")).get("config")
-    except (OSError, ValueError, AttributeError):
-        config = None
-    return config if isinstance(config, dict) else {}
+        run = read_run_file(path)
+    except PiperctlError:
+        run = None
+    return run.config if run is not None and run.config is not None else {}
 
 
 def _saved_device(config: dict[str, Any]) -> str:

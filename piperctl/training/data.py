@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from piperctl.checkpoints.format import DataOrder
 from piperctl.errors import PiperctlError, from_os_error
 from piperctl.training import frame_cache
 from piperctl.training.rng import derive_seed
@@ -271,6 +271,7 @@ def with_imagenet_stats(stats: dict, meta: Any) -> dict:
 def train_stats(meta, episodes: list[int]) -> dict:
     """Normalization stats aggregated over `episodes` only (so held-out episodes cannot leak into them)."""
     from lerobot.datasets.compute_stats import aggregate_stats
+    from lerobot.utils.utils import unflatten_dict
 
     if len(episodes) == meta.total_episodes:
         return meta.stats
@@ -288,11 +289,8 @@ def train_stats(meta, episodes: list[int]) -> dict:
         for row, ep in enumerate(cols["episode_index"]):
             if ep not in wanted:
                 continue
-            stats: dict[str, dict] = {}
-            for c in stat_cols:
-                key, stat = c[len("stats/") :].rsplit("/", 1)
-                stats.setdefault(key, {})[stat] = np.asarray(cols[c][row])
-            per_episode.append(stats)
+            flat = {c[len("stats/") :]: np.asarray(cols[c][row]) for c in stat_cols}
+            per_episode.append(unflatten_dict(flat))  # "feature/stat" -> {feature: {stat: ...}}
     return aggregate_stats(per_episode)
 
 
@@ -409,14 +407,6 @@ class EpochSampler(torch.utils.data.Sampler):
         return n
 
 
-@dataclass
-class DataPosition:
-    """Where the training data order stands: epoch and samples consumed within it."""
-
-    epoch: int = 0
-    offset: int = 0
-
-
 def image_transforms(enabled: bool, config_file: str | None = None) -> Any:
     """lerobot's ImageTransforms (defaults, or the fields of a TOML/JSON file), or None when not enabled."""
     if not enabled:
@@ -477,7 +467,7 @@ def make_loader(
     )
 
 
-def batches(loader, sampler: EpochSampler, position: DataPosition) -> Iterator[dict]:
+def batches(loader, sampler: EpochSampler, position: DataOrder) -> Iterator[dict]:
     """Endless batches from `position`; updates `position` (in global samples) after each batch is handed out."""
     while True:
         sampler.epoch, sampler.start = position.epoch, position.offset

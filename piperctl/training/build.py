@@ -1,0 +1,287 @@
+"""Build a run's pieces: the dataset split, the policy with its processors and optimizer, the data loaders.
+
+Fresh (`fresh_model`) or as a checkpoint left them (`resumed_model`: architecture, processors and
+checks; the checkpoint's state itself is loaded by `training/state.py`). The trainer calls these in
+`Trainer.setup` and keeps what they return.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from piperctl.checkpoints.format import DataOrder, DatasetInfo, LrSchedule, Topology, TrainingState
+from piperctl.checkpoints.model import dataset_feature_shapes, feature_shapes, load_policy_config
+from piperctl.console import log
+from piperctl.errors import PiperctlError
+from piperctl.training import data, rng
+from piperctl.training.config import TrainConfig
+from piperctl.training.distributed import Dist
+
+if TYPE_CHECKING:
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from lerobot.policies.pretrained import PreTrainedPolicy
+    from lerobot.processor import PolicyProcessorPipeline
+    from torch.optim.lr_scheduler import LRScheduler
+    from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class DataSplit:
+    """The dataset's metadata (cameras left out by --cameras removed) and its train/validation episodes."""
+
+    meta: LeRobotDatasetMetadata
+    fingerprint: str
+    dropped_cameras: list[str]
+    train_episodes: list[int]
+    val_episodes: list[int]
+
+
+@dataclass
+class ModelParts:
+    """The policy, its processors and its optimisation (optimizer, LR scheduler, clipping)."""
+
+    policy_cfg: PreTrainedConfig
+    policy: PreTrainedPolicy
+    feature_shapes: dict[str, list[int]]
+    preprocessor: PolicyProcessorPipeline
+    postprocessor: PolicyProcessorPipeline
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | None
+    grad_clip_norm: float
+    lr_schedule: LrSchedule
+
+
+@dataclass
+class Feed:
+    """The training dataset, its resumable sampler and loader, and the validation loader (if any)."""
+
+    dataset: LeRobotDataset | Dataset  # a frame-cached dataset with --frame-cache
+    sampler: data.EpochSampler
+    loader: DataLoader
+    val_loader: DataLoader | None
+    epoch_len: int
+
+
+def use_determinism(deterministic: bool) -> None:
+    """--deterministic: torch's deterministic algorithms (and a fixed cuBLAS workspace), or not."""
+    if deterministic:
+        # cuBLAS needs a fixed workspace for reproducible results (read when CUDA starts).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def open_split(cfg: TrainConfig) -> DataSplit:
+    """Check and open the dataset's metadata, keep the chosen cameras, and split its episodes."""
+    from piperctl.datasets import inspect
+
+    root = Path(cfg.dataset_root) if cfg.dataset_root else None
+    if root is not None:
+        data.require_dataset_folder(root)
+        inspect.require_v30(root)
+    meta = data.open_metadata(cfg.dataset_id, root)
+    cameras = inspect.select_cameras(meta.root, cfg.cameras)
+    if root is not None:
+        # Everything lerobot would otherwise fetch from the Hub, or reject at the first step.
+        inspect.require_files(root, cameras=[k for k in cameras if k in meta.video_keys])
+        data.check_data_files(root)
+        inspect.require_consistent_timestamps(root, fps=meta.fps, tolerance_s=cfg.tolerance_s)
+    dropped = data.drop_cameras(meta, cameras)
+    data.require_inputs(meta, cfg.policy, cfg.cameras)
+    val = data.parse_val_episodes(cfg.val_episodes, meta.total_episodes)
+    held_out = set(val)
+    train = [e for e in range(meta.total_episodes) if e not in held_out]
+    return DataSplit(meta, data.fingerprint(meta), dropped, train, val)
+
+
+def fresh_model(cfg: TrainConfig, device: str, split: DataSplit) -> ModelParts:
+    """A new policy (seeded with --seed; --init-from weights if given), processors from the training stats."""
+    from piperctl.checkpoints.model import load_weights
+    from piperctl.checkpoints.sources import resolve_pretrained
+    from piperctl.training.init_from import init_policy_config
+    from piperctl.training.policy import build_policy, make_policy_config, new_processors
+
+    rng.seed_everything(cfg.seed)
+    options = dict(cfg.policy_options)
+    if cfg.lr is not None:
+        options.setdefault("optimizer_lr", cfg.lr)
+    init = resolve_pretrained(cfg.init_from) if cfg.init_from else None
+    if init is None:
+        policy_cfg = make_policy_config(cfg.policy, device, options)
+    else:
+        policy_cfg = init_policy_config(init, cfg.policy, device, options, split.meta)
+    policy = build_policy(policy_cfg, split.meta)
+    if init is not None:
+        load_weights(policy, init.folder / init.layout.weights)
+        log(f"initialised weights from {init.description}")
+    shapes = feature_shapes(policy.config)
+    policy.to(device)
+    stats = data.train_stats(split.meta, split.train_episodes)
+    if cfg.imagenet_stats:
+        stats = data.with_imagenet_stats(stats, split.meta)
+    preprocessor, postprocessor = new_processors(policy_cfg, stats)
+    return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor)
+
+
+def resumed_model(
+    cfg: TrainConfig, device: str, split: DataSplit, folder: Path, state: TrainingState
+) -> ModelParts:
+    """The policy architecture, processors and optimizer of checkpoint `folder`, checked against the dataset.
+
+    The weights, optimizer and the rest of the state are loaded afterwards by `RunState.restore`.
+    """
+    from piperctl.checkpoints.model import load_processors
+    from piperctl.training.policy import build_policy
+
+    saved_fingerprint = state.dataset.fingerprint if state.dataset else None
+    if saved_fingerprint != split.fingerprint and not cfg.allow_dataset_change:
+        raise PiperctlError(
+            f"the dataset {cfg.dataset_root or cfg.dataset_id} differs from the one checkpoint {folder.name} was trained on (fingerprint mismatch)",
+            hint="pass --allow-dataset-change to resume on the changed dataset anyway",
+        )
+    if saved_fingerprint != split.fingerprint:
+        log(
+            "warning: the dataset changed since this checkpoint (--allow-dataset-change): the data order is not exact"
+        )
+    policy_cfg = load_policy_config(folder, device)
+    if policy_cfg.type != cfg.policy:
+        raise PiperctlError(
+            f"{folder}/config.json holds a {policy_cfg.type!r} policy but the run trains {cfg.policy!r}"
+        )
+    policy = build_policy(policy_cfg, split.meta)
+    shapes = feature_shapes(policy.config)
+    dataset_shapes = dataset_feature_shapes(split.meta)
+    mismatched = {k: (v, dataset_shapes.get(k)) for k, v in shapes.items() if dataset_shapes.get(k) != v}
+    if mismatched:
+        key, (want, got) = next(iter(mismatched.items()))
+        raise PiperctlError(
+            f"the dataset's features do not match the checkpoint's: {key} has shape {got}, the policy expects {want}",
+            hint="resume on a dataset with the same cameras, state and action shapes",
+        )
+    policy.to(device)
+    preprocessor, postprocessor = load_processors(policy_cfg, folder, device)
+    return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor)
+
+
+def _with_optimizer(
+    cfg: TrainConfig,
+    policy_cfg: PreTrainedConfig,
+    policy: PreTrainedPolicy,
+    shapes: dict[str, list[int]],
+    preprocessor: PolicyProcessorPipeline,
+    postprocessor: PolicyProcessorPipeline,
+) -> ModelParts:
+    """The policy's optimizer and LR scheduler presets (with --lr), as lerobot-train builds them."""
+    opt_cfg = policy_cfg.get_optimizer_preset()
+    if cfg.lr is not None:
+        opt_cfg.lr = cfg.lr
+    optimizer = opt_cfg.build(policy.get_optim_params())
+    sched_cfg = policy_cfg.get_scheduler_preset()
+    scheduler = sched_cfg.build(optimizer, cfg.steps) if sched_cfg is not None else None
+    lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    schedule = LrSchedule(
+        type=sched_cfg.type if sched_cfg is not None else "constant",
+        warmup_steps=int(getattr(sched_cfg, "num_warmup_steps", None) or 0),
+        total_steps=cfg.steps,
+        peak_lr=max(lrs),
+        param_group_lrs=lrs,
+        # The schedule advances once per optimizer step, whatever the number of processes.
+        unit="optimizer step",
+        scaled_with_world_size=False,
+    )
+    clip = float(getattr(opt_cfg, "grad_clip_norm", 0.0) or 0.0)
+    return ModelParts(
+        policy_cfg, policy, shapes, preprocessor, postprocessor, optimizer, scheduler, clip, schedule
+    )
+
+
+def open_feed(
+    cfg: TrainConfig, dist: Dist, device: str, split: DataSplit, policy_cfg: PreTrainedConfig
+) -> Feed:
+    """The dataset (frame-cached with --frame-cache) with its training and validation loaders, for this rank."""
+    from lerobot.datasets.factory import resolve_delta_timestamps
+
+    delta = resolve_delta_timestamps(policy_cfg, split.meta)
+    dataset = data.open_dataset(
+        cfg.dataset_id, cfg.dataset_root, delta, tolerance_s=cfg.tolerance_s, drop=split.dropped_cameras
+    )
+    if cfg.frame_cache:
+        from piperctl.training.frame_cache import FrameCache
+
+        # Built here, before any DataLoader worker starts: workers only read it.
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+        dataset = FrameCache.wrap(dataset, cache_dir, progress=dist.is_main)
+    drop_last_frames = int(getattr(policy_cfg, "drop_n_last_frames", 0) or 0)
+    inner = data.make_sampler(
+        split.meta, split.train_episodes, shuffle=True, seed=cfg.seed, drop_n_last_frames=drop_last_frames
+    )
+    sampler = data.EpochSampler(inner, cfg.batch_size, dist.rank, dist.world_size)
+    if dist.world_size > 1 and len(inner) < sampler.global_batch:
+        raise PiperctlError(
+            f"the training episodes hold {len(inner)} frames, fewer than one global batch "
+            f"({cfg.batch_size} x {dist.world_size} processes)",
+            hint="lower --batch-size or use fewer processes",
+        )
+    pin = device.startswith("cuda")
+    # Augmentation touches training batches only, never validation.
+    transform = data.image_transforms(cfg.augment, cfg.augment_config)
+    loader = data.make_loader(
+        dataset,
+        sampler,
+        cfg.batch_size,
+        cfg.num_workers,
+        pin,
+        transform=transform,
+        camera_keys=split.meta.camera_keys,
+    )
+    val_loader = None
+    if split.val_episodes:
+        vs = data.EpochSampler(
+            data.make_sampler(split.meta, split.val_episodes, shuffle=False, seed=cfg.seed),
+            cfg.batch_size,
+            dist.rank,
+            dist.world_size,
+            drop_incomplete=False,
+        )
+        vs.epoch = -1
+        val_loader = data.make_loader(dataset, vs, cfg.batch_size, 0, pin)
+    return Feed(dataset, sampler, loader, val_loader, len(inner))
+
+
+def describe_run(
+    cfg: TrainConfig, run_id: str, dist: Dist, split: DataSplit, parts: ModelParts, versions: dict[str, str]
+) -> TrainingState:
+    """The fields of the run's training state that stay fixed while it runs (the rest is captured per save)."""
+    effective = cfg.batch_size * dist.world_size * cfg.grad_accum
+    return TrainingState(
+        step=0,
+        samples_seen=0,
+        data=DataOrder(),
+        seed=cfg.seed,
+        run_id=run_id,
+        config=cfg.to_json(),
+        policy_type=parts.policy_cfg.type,
+        feature_shapes=parts.feature_shapes,
+        dataset=DatasetInfo(
+            id=cfg.dataset_id,
+            root=cfg.dataset_root,
+            fingerprint=split.fingerprint,
+            total_episodes=split.meta.total_episodes,
+            total_frames=split.meta.total_frames,
+            train_episodes=split.train_episodes,
+            val_episodes=split.val_episodes,
+        ),
+        world_size=dist.world_size,
+        batch_size_per_process=cfg.batch_size,
+        effective_batch_size=effective,
+        grad_accum=cfg.grad_accum,
+        lr_schedule=parts.lr_schedule,
+        topology=[Topology(0, dist.world_size, cfg.batch_size, effective)],
+        versions=versions,
+    )
