@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from piperctl import console
 from piperctl.errors import PiperctlError, from_os_error
+from piperctl.fs import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,7 @@ class Dist:
             yield
         except RuntimeError as e:  # gloo/NCCL: another process died or hung up
             raise PiperctlError(
-                f"lost contact with the other processes of this run ({str(e).splitlines()[0]})",
+                f"lost contact with the other processes of this run ({first_line(e)})",
                 hint="another process failed first; its message says why",
                 exit_code=1,
             ) from e
@@ -235,7 +236,7 @@ def init(device: Callable[[], str], precision: str = "fp32") -> Dist:
         )
     except (RuntimeError, ValueError) as e:
         raise PiperctlError(
-            f"cannot join the process group ({str(e).splitlines()[0]})",
+            f"cannot join the process group ({first_line(e)})",
             hint="start every process with the same launcher settings (MASTER_ADDR, MASTER_PORT, WORLD_SIZE)",
         ) from e
     dist = Dist(accelerator)
