@@ -9,7 +9,6 @@ folder beside OUT as the new root, then renames the finished dataset into place.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import signal
 import tempfile
@@ -20,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from piperctl import hub
 from piperctl.console import Bar, progress_bar
 from piperctl.datasets import inspect as dsi
 from piperctl.errors import PiperctlError
 from piperctl.fs import TMP_PREFIX, prepare_out_folder, publish_folder
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RETIME_NOTE = "piperctl"  # key under features.timestamp in OUT's meta/info.json
 
 
@@ -43,27 +42,26 @@ class ConvertResult:
 
 def resolve_source(src: str | Path) -> Path:
     """A local dataset folder for SRC: the folder itself, or a Hub dataset id downloaded to the HF cache."""
-    path = Path(src)
-    if path.exists():
-        if not path.is_dir():
+    source = hub.local_or_repo_id(src)
+    if isinstance(source, Path):
+        if not source.exists():
+            raise PiperctlError(
+                f"{src}: no such dataset folder", hint="check the path, or give a Hub id owner/name"
+            )
+        if not source.is_dir():
             raise PiperctlError(
                 f"{src} is a file, not a dataset folder", hint="pass the dataset's root folder"
             )
-        return path
-    text = str(src)
-    if not HUB_ID.match(text):
-        raise PiperctlError(
-            f"{src}: no such dataset folder", hint="check the path, or give a Hub id owner/name"
-        )
-    from huggingface_hub import constants, snapshot_download
-
-    if constants.HF_HUB_OFFLINE:
+        return source
+    if hub.offline():
         raise PiperctlError(
             f"{src} is not a local folder and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)",
             hint="download it where you are online, or pass the local folder",
         )
+    from huggingface_hub import snapshot_download
+
     try:
-        return Path(snapshot_download(text, repo_type="dataset"))
+        return Path(snapshot_download(source, repo_type="dataset"))
     except Exception as e:  # noqa: BLE001 - huggingface_hub raises many types; the user needs one line
         raise PiperctlError(
             f"cannot download dataset {src} from the Hub: {type(e).__name__}: {e}",
