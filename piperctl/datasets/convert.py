@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from piperctl import hub
 from piperctl.console import Bar, progress_bar
 from piperctl.datasets import inspect as dsi
+from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError
 from piperctl.fs import TMP_PREFIX, prepare_out_folder, publish_folder
 
@@ -201,7 +202,7 @@ def convert(
     out: str | Path,
     *,
     retime: bool = False,
-    tolerance_s: float = 1e-4,
+    tolerance_s: float = TOLERANCE_S,
     force: bool = False,
 ) -> ConvertResult:
     """Convert the LeRobot v2.1 dataset SRC (folder or Hub id) to v3.0 at OUT; with `retime`, also fix timestamps.

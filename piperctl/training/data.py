@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError, from_os_error
 from piperctl.fs import first_line
 from piperctl.training import frame_cache
@@ -134,7 +135,7 @@ def open_dataset(
     dataset_id: str,
     root: str | Path | None,
     delta_timestamps: dict | None,
-    tolerance_s: float = 1e-4,
+    tolerance_s: float = TOLERANCE_S,
     drop: list[str] | None = None,
 ):
     """A LeRobotDataset over all episodes (training and validation are chosen by samplers).

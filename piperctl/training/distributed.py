@@ -366,29 +366,3 @@ def _first_failure(procs: list[subprocess.Popen], now: float) -> tuple[int, int,
     failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
     failed.sort(key=lambda f: (f[1] >= 0, f[0]))
     return (*failed[0], now) if failed else None
-
-
-def relaunch_args(ctx: Any, drop: tuple[str, ...] = ("num_processes",)) -> list[str]:
-    """The command line of a click/Typer command invocation, rebuilt from its parsed parameters."""
-    options: list[str] = []
-    arguments: list[str] = []
-    for param in ctx.command.params:
-        if param.name in drop or param.name not in ctx.params:
-            continue
-        value = ctx.params[param.name]
-        if param.param_type_name == "argument":
-            values = value if isinstance(value, list | tuple) else [value]
-            arguments += [str(v) for v in values if v is not None]
-        elif getattr(param, "is_flag", False):
-            if value:
-                options.append(param.opts[0])
-            elif param.secondary_opts:
-                options.append(param.secondary_opts[0])
-        elif value is None:
-            continue
-        elif getattr(param, "multiple", False):
-            for v in value:
-                options += [param.opts[0], str(v)]
-        else:
-            options += [param.opts[0], str(value)]
-    return [ctx.info_name, *options, "--", *arguments]
