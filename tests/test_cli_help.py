@@ -164,3 +164,17 @@ def test_relaunch_args_rebuild_the_same_command_line() -> None:
     ctx = resume.make_context("resume", ["--steps", "9", "--no-frame-cache", "--", "-odd [path]"])
     rebuilt = relaunch_args(ctx)
     assert resume.make_context("resume", rebuilt[1:]).params == ctx.params
+
+
+GROUPS = [(p, c) for p, c in COMMANDS if hasattr(c, "commands")]
+
+
+@pytest.mark.parametrize("path,group", GROUPS, ids=[" ".join(p) or "piperctl" for p, _ in GROUPS])
+def test_a_bare_group_prints_its_help_and_exits_2(
+    path: tuple[str, ...], group: object, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(list(path), capsys)
+    assert code == 2
+    _check_help(out, group, 80)
+    assert all(name in out for name in group.commands)

@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
             fail_line(str(e))
         sys.exit(e.exit_code)
     except click_exc.UsageError as e:
-        if isinstance(e, click_exc.NoArgsIsHelpError) or not e.format_message().strip():
-            sys.exit(2)  # the help was already shown; like click, a bare group call is a usage error
+        if isinstance(e, click_exc.NoArgsIsHelpError):
+            typer.echo(e.format_message())  # the help page; like click, a bare group call is a usage error
+            sys.exit(2)
+        if not e.format_message().strip():
+            sys.exit(2)
         if debug_enabled():
             traceback.print_exc()
         where = f"'{e.ctx.command_path} --help'" if e.ctx is not None else "'piperctl --help'"
