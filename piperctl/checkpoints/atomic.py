@@ -1,52 +1,27 @@
-"""Writes that survive a crash at any instant: temp file or folder, fsync, rename, fsync the parent."""
+"""Checkpoint files on the filesystem floor (`piperctl.fs`): JSON written atomically, our leftovers found and removed."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from piperctl.checkpoints.format import TMP_PREFIX
 from piperctl.errors import PiperctlError
 
+# The checkpoint code's names for the filesystem floor's writes (one implementation, in piperctl.fs).
+from piperctl.fs import TMP_PREFIX, fsync_dir, fsync_file, remove_tree, tmp_sibling
+from piperctl.fs import atomic_write as atomic_write_text
 
-def tmp_sibling(target: Path, tag: str = "") -> Path:
-    """A temporary name beside `target` that marks it as ours (removed by `remove_stale_tmp`)."""
-    return target.with_name(f"{TMP_PREFIX}{target.name}{tag}.{os.getpid()}")
-
-
-def fsync_file(path: Path) -> None:
-    """fsync one file's contents."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames and new entries inside it survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: temp file in the same folder, fsync, rename, fsync folder."""
-    tmp = tmp_sibling(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+__all__ = [
+    "atomic_write_text",
+    "fsync_dir",
+    "fsync_file",
+    "read_json",
+    "remove_stale_tmp",
+    "remove_tree",
+    "stale_tmp",
+    "tmp_sibling",
+    "write_json",
+]
 
 
 def write_json(path: Path, data: object) -> None:
@@ -65,14 +40,6 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise PiperctlError(f"{what} {path} is not a JSON object")
     return data
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder (or file) of ours, whatever is left of it."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def stale_tmp(folder: Path) -> list[Path]:

@@ -23,6 +23,7 @@ from piperctl.checkpoints.untrusted import (
     safetensors_header,
 )
 from piperctl.errors import PiperctlError
+from piperctl.fs import first_line
 
 CHECKPOINT, MODEL = "checkpoint", "model"
 
@@ -65,12 +66,6 @@ class Context:
     def present(self, name: str) -> bool:
         # A name already reported as leading out of the folder is never opened.
         return name not in self.escaped and (self.folder / name).is_file()
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def preload() -> None:
@@ -152,7 +147,7 @@ def _check_policy(ctx: Context) -> None:
         ctx.config_bytes = (ctx.folder / fmt.POLICY_CONFIG).read_bytes()
         ctx.cfg = load_policy_config(ctx.folder, "cpu")
     except (PiperctlError, OSError) as e:
-        ctx.add("policy", "config-invalid", _first_line(e), fmt.POLICY_CONFIG)
+        ctx.add("policy", "config-invalid", first_line(e, limit=240), fmt.POLICY_CONFIG)
         return
     try:
         ctx.policy = ctx.cache.get(ctx.config_bytes, ctx.cfg)
@@ -160,7 +155,7 @@ def _check_policy(ctx: Context) -> None:
         ctx.add(
             "policy",
             "config-invalid",
-            f"{fmt.POLICY_CONFIG} does not build a policy ({_first_line(e)})",
+            f"{fmt.POLICY_CONFIG} does not build a policy ({first_line(e, limit=240)})",
             fmt.POLICY_CONFIG,
         )
         return
@@ -363,4 +358,9 @@ def _check_processors(ctx: Context) -> None:
     try:
         load_processors(cfg, ctx.folder, device="cpu", layout=ctx.layout)
     except Exception as e:  # noqa: BLE001 - lerobot raises many types for a processor that does not load
-        ctx.add("processors", "processor-invalid", f"the processors do not load ({_first_line(e)})", None)
+        ctx.add(
+            "processors",
+            "processor-invalid",
+            f"the processors do not load ({first_line(e, limit=240)})",
+            None,
+        )

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Temporary folders and files start with TMP_PREFIX so that a later start can tell ours from the user's.
+from piperctl.fs import TMP_PREFIX  # noqa: F401 - part of the checkpoint contract
+
 CHECKPOINT_PREFIX = "checkpoint-"
-# Temporary folders and files start with this prefix so that a later start can tell ours from the user's.
-TMP_PREFIX = ".piperctl-tmp-"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "piperctl-checkpoint"
 MANIFEST_VERSION = 1

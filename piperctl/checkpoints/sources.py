@@ -8,17 +8,14 @@ says which model of a run it picked.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from piperctl import hub
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import hash_pending, scan_checkpoint
 from piperctl.errors import PiperctlError
-
-# A Hub model id: owner/name, nothing else (a local path with one slash that does not exist reads as one).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
 @dataclass
@@ -234,9 +231,9 @@ def _lerobot_train_checkpoint(path: Path) -> ModelSource | None:
 
 def resolve_pretrained(spec: str | Path) -> ModelSource:
     """`--init-from`: a local model (as `resolve_model`), or a Hub model id such as `lerobot/act_aloha_sim_transfer_cube_human`."""
-    path = Path(spec)
-    if path.exists() or not _HUB_ID.match(str(spec)):
-        return resolve_model(path)
+    source = hub.local_or_repo_id(spec)
+    if isinstance(source, Path):
+        return resolve_model(source)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from piperctl.checkpoints.format import is_safe_relpath
 from piperctl.errors import PiperctlError
+from piperctl.fs import first_line
 
 _MAX_PICKLE_BYTES = 256 << 20
 
@@ -53,7 +54,7 @@ def check_torch_pickle(path: Path) -> None:
     except (ValueError, KeyError, IndexError, RuntimeError) as e:
         # The static pickle scan raises these on a malformed archive or opcode stream.
         raise UntrustedFileError(
-            "optimizer-invalid", f"{name} holds a malformed pickle ({_first_line(e)})"
+            "optimizer-invalid", f"{name} holds a malformed pickle ({first_line(e, limit=240)})"
         ) from e
     if bad:
         raise UntrustedFileError(
@@ -77,20 +78,14 @@ def load_torch_state(path: Path, *, mmap: bool = True) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
+        first = first_line(str(e).split("WeightsUnpickler error:", 1)[-1])
         raise UntrustedFileError(
             "unsafe-pickle", f"{path.name} was refused by torch's safe loader ({first})"
         ) from e
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/ValueError/... for damaged archives
         raise UntrustedFileError(
-            "optimizer-invalid", f"{path.name} cannot be loaded ({_first_line(e)})"
+            "optimizer-invalid", f"{path.name} cannot be loaded ({first_line(e, limit=240)})"
         ) from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -109,13 +104,13 @@ def safetensors_header(path: Path) -> dict[str, Any]:
             }
     except SafetensorError as e:
         raise UntrustedFileError(
-            "safetensors-invalid", f"{path.name} is not a valid safetensors file ({_first_line(e)})"
+            "safetensors-invalid", f"{path.name} is not a valid safetensors file ({first_line(e, limit=240)})"
         ) from e
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors raises plain exceptions for some header errors
         raise UntrustedFileError(
-            "safetensors-invalid", f"{path.name} is not a valid safetensors file ({_first_line(e)})"
+            "safetensors-invalid", f"{path.name} is not a valid safetensors file ({first_line(e, limit=240)})"
         ) from e
 
 

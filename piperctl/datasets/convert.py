@@ -9,8 +9,6 @@ folder beside OUT as the new root, then renames the finished dataset into place.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
 import signal
 import tempfile
@@ -21,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from piperctl import hub
 from piperctl.console import Bar, log, progress_bar
 from piperctl.datasets import inspect as dsi
+from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError
+from piperctl.fs import TMP_PREFIX, prepare_out_folder, publish_folder
 
-STAGING_PREFIX = ".piperctl-tmp-"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RETIME_NOTE = "piperctl"  # key under features.timestamp in OUT's meta/info.json
 
 
@@ -44,47 +43,31 @@ class ConvertResult:
 
 def resolve_source(src: str | Path) -> Path:
     """A local dataset folder for SRC: the folder itself, or a Hub dataset id downloaded to the HF cache."""
-    path = Path(src)
-    if path.exists():
-        if not path.is_dir():
+    source = hub.local_or_repo_id(src)
+    if isinstance(source, Path):
+        if not source.exists():
+            raise PiperctlError(
+                f"{src}: no such dataset folder", hint="check the path, or give a Hub id owner/name"
+            )
+        if not source.is_dir():
             raise PiperctlError(
                 f"{src} is a file, not a dataset folder", hint="pass the dataset's root folder"
             )
-        return path
-    text = str(src)
-    if not HUB_ID.match(text):
-        raise PiperctlError(
-            f"{src}: no such dataset folder", hint="check the path, or give a Hub id owner/name"
-        )
-    from huggingface_hub import constants, snapshot_download
-
-    if constants.HF_HUB_OFFLINE:
+        return source
+    if hub.offline():
         raise PiperctlError(
             f"{src} is not a local folder and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)",
             hint="download it where you are online, or pass the local folder",
         )
+    from huggingface_hub import snapshot_download
+
     try:
-        return Path(snapshot_download(text, repo_type="dataset"))
+        return Path(snapshot_download(source, repo_type="dataset"))
     except Exception as e:  # noqa: BLE001 - huggingface_hub raises many types; the user needs one line
         raise PiperctlError(
             f"cannot download dataset {src} from the Hub: {type(e).__name__}: {e}",
             hint="check the id and your connection, or pass a local folder",
         ) from e
-
-
-def _check_out(src: Path, out: Path, force: bool) -> None:
-    s, o = src.resolve(), out.resolve()
-    if o == s or s in o.parents or o in s.parents:
-        raise PiperctlError(f"OUT {out} overlaps SRC {src}", hint="choose an OUT folder outside SRC")
-    if out.exists() and not out.is_dir():
-        raise PiperctlError(f"{out} is a file, not a folder", hint="choose a new folder for the dataset")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise PiperctlError(
-                f"{out} is not empty", hint="choose a new folder, or pass --force to replace it"
-            )
-        if o in (Path("/"), Path.home().resolve(), Path.cwd().resolve()):
-            raise PiperctlError(f"refusing to replace {out}", hint="choose a dedicated dataset folder")
 
 
 def _check_legacy_layout(src: Path, info: dict) -> None:
@@ -163,21 +146,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _convert_v21(src: Path, new_root: Path, bar: Bar) -> None:
     import av.logging
     from datasets import Dataset
@@ -211,7 +179,7 @@ def _convert_v21(src: Path, new_root: Path, bar: Bar) -> None:
 
 def _copy_tree(src: Path, dst: Path) -> None:
     # Plain copies (no hard links): OUT must never share an inode with the user's SRC.
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".cache", f"{STAGING_PREFIX}*"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".cache", f"{TMP_PREFIX}*"))
 
 
 def _mark_retimed(root: Path, source_version: str, tolerance_s: float) -> None:
@@ -234,7 +202,7 @@ def convert(
     out: str | Path,
     *,
     retime: bool = False,
-    tolerance_s: float = 1e-4,
+    tolerance_s: float = TOLERANCE_S,
     force: bool = False,
 ) -> ConvertResult:
     """Convert the LeRobot v2.1 dataset SRC (folder or Hub id) to v3.0 at OUT; with `retime`, also fix timestamps.
@@ -244,7 +212,7 @@ def convert(
     """
     out = Path(out)
     src_path = resolve_source(src)
-    _check_out(src_path, out, force)
+    prepare_out_folder(out, force, inside=src_path)
     info = dsi.read_info(src_path)
     version = info.get("codebase_version")
     if version == dsi.CURRENT and not retime:
@@ -286,7 +254,7 @@ def convert(
             )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{out.name}-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-", dir=out.parent))
     new_root = staging / "dataset"
     n_eps = int(info.get("total_episodes") or 0)
     try:
@@ -304,8 +272,7 @@ def convert(
                     bar.update(1)
                     _retime(new_root, fps, version, tolerance_s)
                     bar.update(1)
-            _fsync_tree(new_root)
-            _replace(new_root, out, staging)
+            publish_folder(new_root, out, staging)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise PiperctlError(
@@ -330,18 +297,3 @@ def _retime(root: Path, fps: float, source_version: str, tolerance_s: float) -> 
 
     rewrite_timestamps(root, frame_index_over_fps(fps))
     _mark_retimed(root, source_version, tolerance_s)
-
-
-def _replace(new_root: Path, out: Path, staging: Path) -> None:
-    if out.exists():
-        if any(out.iterdir()):
-            # --force: move the old OUT aside inside staging first, so a crash never loses both.
-            os.replace(out, staging / "replaced")
-        else:
-            out.rmdir()
-    os.replace(new_root, out)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError
 
 CAMERA_PREFIX = "observation.images."
@@ -248,7 +249,7 @@ class TimestampMismatch:
 
 
 def check_timestamps(
-    root: str | Path, fps: float | None = None, tolerance_s: float = 1e-4
+    root: str | Path, fps: float | None = None, tolerance_s: float = TOLERANCE_S
 ) -> TimestampMismatch | None:
     """First (episode, frame) whose parquet timestamp differs from frame_index / fps by more than `tolerance_s`.
 
@@ -296,7 +297,7 @@ def check_timestamps(
 
 
 def require_consistent_timestamps(
-    root: str | Path, fps: float | None = None, tolerance_s: float = 1e-4
+    root: str | Path, fps: float | None = None, tolerance_s: float = TOLERANCE_S
 ) -> None:
     """Raise PiperctlError (one line: episode, frame, the --retime command) if check_timestamps finds a row."""
     found = check_timestamps(root, fps, tolerance_s)
@@ -344,7 +345,7 @@ def _frames_match(times: list[float], start: float, rows: int, fps: float, toler
 def check_video_frames(
     root: str | Path,
     fps: float | None = None,
-    tolerance_s: float = 1e-4,
+    tolerance_s: float = TOLERANCE_S,
     cameras: Sequence[str] | None = None,
     on_file: Callable[[], None] | None = None,
 ) -> VideoMismatch | None:

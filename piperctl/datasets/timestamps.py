@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from piperctl.fs import atomic_replace
 
 # Called with (episode_index, frame_index array of that episode's rows) -> new timestamps (seconds).
 Stamps = Callable[[int, np.ndarray], np.ndarray]
@@ -20,18 +21,6 @@ def frame_index_over_fps(fps: int) -> Stamps:
         return frame_index / fps
 
     return stamps
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    # A new inode, never an in-place write: a file hard-linked from the user's copy stays untouched.
-    tmp = path.with_name(f".{path.name}.piperctl-tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def rewrite_timestamps(root: Path, stamps: Stamps) -> dict[int, np.ndarray]:
@@ -59,7 +48,7 @@ def rewrite_timestamps(root: Path, stamps: Stamps) -> dict[int, np.ndarray]:
         table = table.set_column(col, table.schema.field(col), pa.array(values, type=ts_type))
         for e in np.unique(ep):
             per_episode[int(e)] = values[ep == e]
-        _replace_atomically(path, lambda p, t=table: write_table_one_row_group_per_episode(t, p))
+        atomic_replace(path, lambda p, t=table: write_table_one_row_group_per_episode(t, p))
 
     stats = {e: get_feature_stats(ts, axis=0, keepdims=True) for e, ts in per_episode.items()}
     for path in sorted(root.glob("meta/episodes/*/*.parquet")):
@@ -73,7 +62,7 @@ def rewrite_timestamps(root: Path, stamps: Stamps) -> dict[int, np.ndarray]:
             field = table.schema.field(col)
             rows = [stats[e][key].tolist() for e in episodes]
             table = table.set_column(col, field, pa.array(rows, type=field.type))
-        _replace_atomically(path, lambda p, t=table: pq.write_table(t, p))
+        atomic_replace(path, lambda p, t=table: pq.write_table(t, p))
 
     stats_path = root / "meta" / "stats.json"
     if stats_path.is_file():
@@ -83,5 +72,5 @@ def rewrite_timestamps(root: Path, stamps: Stamps) -> dict[int, np.ndarray]:
             agg = aggregate_feature_stats([{k: v for k, v in s.items() if k in keys} for s in stats.values()])
             global_stats["timestamp"] = {k: np.asarray(v).tolist() for k, v in agg.items() if k in keys}
             text = json.dumps(global_stats, indent=4)
-            _replace_atomically(stats_path, lambda p: p.write_text(text))
+            atomic_replace(stats_path, lambda p: p.write_text(text))
     return per_episode

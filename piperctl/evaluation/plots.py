@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from piperctl.errors import PiperctlError
+from piperctl.fs import atomic_replace
 
 
 def plot_episodes(evaluation, out_dir: Path, limit: int = 3) -> list[Path]:
@@ -48,9 +48,9 @@ def plot_episodes(evaluation, out_dir: Path, limit: int = 3) -> list[Path]:
         fig.suptitle(f"episode {ep}: predicted vs recorded action")
         fig.tight_layout()
         path = out_dir / f"episode_{ep:04d}.png"
-        tmp = out_dir / f".{path.name}.tmp.png"
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            atomic_replace(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=90))
+        finally:
+            plt.close(fig)
         written.append(path)
     return written

@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from piperctl.defaults import TOLERANCE_S
+
 
 @dataclass
 class Thresholds:
     """Tunable limits of the checks (docs/leakage.md explains each)."""
 
-    tolerance_s: float = 1e-4  # lerobot's own timestamp tolerance
+    tolerance_s: float = TOLERANCE_S  # lerobot's own timestamp tolerance (piperctl.defaults)
     frozen_seconds: float = 2.0  # a stream identical for this long is reported
     min_shared_frames: int = 1  # pairs of episodes sharing fewer (moving) frames are not reported
     rest_frames: int = 2  # a frame held this many consecutive frames is a rest pose, never a copy

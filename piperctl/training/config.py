@@ -1,7 +1,8 @@
 """`TrainConfig`: the one declaration of every training option, its default, and whether resume may change it.
 
 The CLI reads its defaults and help from here, the API builds it from keyword arguments, and every
-checkpoint stores it, so adding an option is one field below (plus its Typer option in cli.py).
+checkpoint stores it, so adding an option is one field below (plus its line in piperctl/cli/train.py,
+which tests/test_cli_help.py checks against this class).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError
 
 DEFAULT_DATASET_ID = "ISdept/piper_arm"
@@ -34,9 +36,11 @@ COUNT_LIMITS: dict[str, tuple[int, str]] = {
 }
 
 
-def option(default: Any, help: str, *, resumable: bool = False, factory: Any = None) -> Any:
-    """A TrainConfig field: its default, its --help text, and whether `resume` may change it."""
-    meta = {"help": help, "resumable": resumable}
+def option(
+    default: Any, help: str, *, resumable: bool = False, factory: Any = None, resume_help: str | None = None
+) -> Any:
+    """A TrainConfig field: its default, its --help text (and `resume`'s, where it means more), whether `resume` may change it."""
+    meta = {"help": help, "resumable": resumable, "resume_help": resume_help or help}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -56,7 +60,7 @@ class TrainConfig:
         None, "Cameras to train on, by name (e.g. front,wrist; default: all). Others are not read."
     )
     tolerance_s: float = option(
-        1e-4,
+        TOLERANCE_S,
         "Allowed error (s) between timestamps and frame_index / fps, as lerobot-train's.",
         resumable=True,
     )
@@ -64,7 +68,9 @@ class TrainConfig:
     policy_options: dict[str, Any] = option(
         None, "Policy config fields (from --policy-opt / --policy-config).", factory=dict
     )
-    steps: int = option(1000, "Total optimizer steps.", resumable=True)
+    steps: int = option(
+        1000, "Total optimizer steps.", resumable=True, resume_help="New total steps (to extend the run)."
+    )
     batch_size: int = option(8, "Batch size (per process).")
     save_every: int = option(500, "Checkpoint every K steps.", resumable=True)
     keep_last: int = option(3, "Keep the newest L checkpoints (0 keeps all).", resumable=True)
@@ -90,7 +96,9 @@ class TrainConfig:
         "Start from these weights (fresh optimizer, step 0): a piperctl run, checkpoint or export, a "
         "lerobot pretrained_model folder, or a Hub model id.",
     )
-    allow_dataset_change: bool = option(False, "On resume: accept a changed dataset.")
+    allow_dataset_change: bool = option(
+        False, "When resuming (resume, or train --resume-from-checkpoint): accept a changed dataset."
+    )
     precision: str | None = option(
         None, "fp32, bf16 or fp16 (default: from the policy config's use_amp/dtype, as lerobot-train)."
     )
@@ -135,9 +143,9 @@ class TrainConfig:
         return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
     @classmethod
-    def help(cls, name: str) -> str:
-        """The --help text of option `name`."""
-        return cls.__dataclass_fields__[name].metadata["help"]
+    def help(cls, name: str, on_resume: bool = False) -> str:
+        """The --help text of option `name` (of `resume`'s option with `on_resume`)."""
+        return cls.__dataclass_fields__[name].metadata["resume_help" if on_resume else "help"]
 
     @classmethod
     def from_options(cls, output_dir: Any, dataset_id: str | None, options: dict[str, Any]) -> TrainConfig:

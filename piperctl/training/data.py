@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 import torch
 
 from piperctl.checkpoints.format import DataOrder
+from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError, from_os_error
+from piperctl.fs import first_line
 from piperctl.training import frame_cache
 from piperctl.training.rng import derive_seed
 
@@ -45,12 +47,7 @@ def open_metadata(dataset_id: str, root: str | Path | None):
         hint = "check the id and your network" if root is None else "check that it is a LeRobot v3.0 dataset"
         if "Offline" in type(e).__name__ or "offline" in str(e).lower():
             hint = "HF_HUB_OFFLINE is set: download it first or pass --dataset-root"
-        raise PiperctlError(f"cannot open {where}: {_first_line(e)}", hint=hint) from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+        raise PiperctlError(f"cannot open {where}: {first_line(e)}", hint=hint) from e
 
 
 def require_dataset_folder(root: Path) -> None:
@@ -141,7 +138,7 @@ def check_data_files(root: Path) -> None:
             raise from_os_error(e) from e
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid and friends for a damaged file
             raise PiperctlError(
-                f"{path} is not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                f"{path} is not a readable parquet file ({first_line(e)})",
                 hint="the dataset is damaged (an interrupted copy or download?): copy or download it again",
             ) from e
         if rows == 0:
@@ -155,7 +152,7 @@ def open_dataset(
     dataset_id: str,
     root: str | Path | None,
     delta_timestamps: dict | None,
-    tolerance_s: float = 1e-4,
+    tolerance_s: float = TOLERANCE_S,
     drop: list[str] | None = None,
 ):
     """A LeRobotDataset over all episodes (training and validation are chosen by samplers).
@@ -180,7 +177,7 @@ def open_dataset(
             video_backend=video_backend(),
         )
     except Exception as e:  # noqa: BLE001
-        raise PiperctlError(f"cannot load dataset {root or dataset_id}: {_first_line(e)}") from e
+        raise PiperctlError(f"cannot load dataset {root or dataset_id}: {first_line(e)}") from e
 
 
 def fingerprint(meta) -> str:
@@ -422,7 +419,7 @@ def image_transforms(enabled: bool, config_file: str | None = None) -> Any:
         return ImageTransforms(cfg)
     except Exception as e:  # noqa: BLE001 - draccus and torchvision raise many types for bad fields
         raise PiperctlError(
-            f"--augment-config {config_file}: {_first_line(e)}",
+            f"--augment-config {config_file}: {first_line(e)}",
             hint="see lerobot's ImageTransformsConfig for the fields (max_num_transforms, tfs, ...)",
         ) from e
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from piperctl import console
 from piperctl.errors import PiperctlError, from_os_error
+from piperctl.fs import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,7 @@ class Dist:
             yield
         except RuntimeError as e:  # gloo/NCCL: another process died or hung up
             raise PiperctlError(
-                f"lost contact with the other processes of this run ({str(e).splitlines()[0]})",
+                f"lost contact with the other processes of this run ({first_line(e)})",
                 hint="another process failed first; its message says why",
                 exit_code=1,
             ) from e
@@ -235,7 +236,7 @@ def init(device: Callable[[], str], precision: str = "fp32") -> Dist:
         )
     except (RuntimeError, ValueError) as e:
         raise PiperctlError(
-            f"cannot join the process group ({str(e).splitlines()[0]})",
+            f"cannot join the process group ({first_line(e)})",
             hint="start every process with the same launcher settings (MASTER_ADDR, MASTER_PORT, WORLD_SIZE)",
         ) from e
     dist = Dist(accelerator)
@@ -365,29 +366,3 @@ def _first_failure(procs: list[subprocess.Popen], now: float) -> tuple[int, int,
     failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
     failed.sort(key=lambda f: (f[1] >= 0, f[0]))
     return (*failed[0], now) if failed else None
-
-
-def relaunch_args(ctx: Any, drop: tuple[str, ...] = ("num_processes",)) -> list[str]:
-    """The command line of a click/Typer command invocation, rebuilt from its parsed parameters."""
-    options: list[str] = []
-    arguments: list[str] = []
-    for param in ctx.command.params:
-        if param.name in drop or param.name not in ctx.params:
-            continue
-        value = ctx.params[param.name]
-        if param.param_type_name == "argument":
-            values = value if isinstance(value, list | tuple) else [value]
-            arguments += [str(v) for v in values if v is not None]
-        elif getattr(param, "is_flag", False):
-            if value:
-                options.append(param.opts[0])
-            elif param.secondary_opts:
-                options.append(param.secondary_opts[0])
-        elif value is None:
-            continue
-        elif getattr(param, "multiple", False):
-            for v in value:
-                options += [param.opts[0], str(v)]
-        else:
-            options += [param.opts[0], str(value)]
-    return [ctx.info_name, *options, "--", *arguments]

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from piperctl.checkpoints.atomic import atomic_write_text, fsync_dir
 from piperctl.console import log, progress_bar
 from piperctl.errors import PiperctlError, from_os_error
+from piperctl.fs import TMP_PREFIX, atomic_replace, atomic_write
 
 # Bump when the entry layout or the decoding changes, so older entries are rebuilt rather than misread.
 FORMAT_VERSION = 1
@@ -226,19 +226,15 @@ def _write_entry(cache_dir: Path, src: _Source, on_frame: Callable[[], None]) ->
     frames_path, meta_path = _paths(cache_dir, src.entry)
     who = src.entry.split("-")[0]
     # Under the lock, temp files of this video can only be left by a builder that died.
-    for stale in cache_dir.glob(f".tmp-{who}-*"):
+    for stale in cache_dir.glob(f"{TMP_PREFIX}{who}-*"):
         stale.unlink(missing_ok=True)
-    tmp = cache_dir / f".tmp-{frames_path.name}.{os.getpid()}"
-    try:
+    timestamps: list[float] = []
+
+    def decode(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            timestamps = _decode_into(src.path, src.shape, f, on_frame)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, frames_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(cache_dir)
+            timestamps.extend(_decode_into(src.path, src.shape, f, on_frame))
+
+    atomic_replace(frames_path, decode)
     shape = (len(timestamps), *src.shape)
     info = {
         "format": FORMAT_VERSION,
@@ -248,7 +244,7 @@ def _write_entry(cache_dir: Path, src: _Source, on_frame: Callable[[], None]) ->
         "shape": list(shape),
         "timestamps": timestamps,
     }
-    atomic_write_text(meta_path, json.dumps(info))
+    atomic_write(meta_path, json.dumps(info))
     for old in cache_dir.glob(f"{who}-*"):
         if old.name not in (frames_path.name, meta_path.name):
             old.unlink(missing_ok=True)

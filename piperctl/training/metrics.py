@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from piperctl.checkpoints.atomic import atomic_write_text
 from piperctl.checkpoints.format import read_metrics
+from piperctl.fs import atomic_replace, atomic_write
 
 
 class MetricsLog:
@@ -19,7 +19,7 @@ class MetricsLog:
         rows = read_metrics(path)
         if rows and (truncate_after == 0 or any(r["step"] > truncate_after for r in rows)):
             kept = [r for r in rows if r["step"] <= truncate_after]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self.tracker: Any = None
 
@@ -65,10 +65,10 @@ def plot_loss_curve(metrics_path: Path, out: Path) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        atomic_replace(out, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return out
 
 

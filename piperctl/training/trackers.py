@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from piperctl.errors import PiperctlError
+from piperctl.fs import first_line
 
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 
@@ -49,7 +50,7 @@ class Tracker:
                 self.tracker.store_init_configuration(_flat(config))
         except Exception as e:  # noqa: BLE001 - each tracker library fails in its own way (no login, offline)
             raise PiperctlError(
-                f"--tracker {name} could not start ({_first_line(e)})",
+                f"--tracker {name} could not start ({first_line(e)})",
                 hint="check its login/network settings, or train without --tracker",
             ) from e
 
@@ -75,8 +76,3 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = str(value)
     return out
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
