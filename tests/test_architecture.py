@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "ground floor",
         ("piperctl.errors", "piperctl.console", "piperctl.faults", "piperctl.quiet")
-        + ("piperctl.fs*", "piperctl.hub*", "piperctl.files*"),
+        + ("piperctl.fs*", "piperctl.hub*", "piperctl.files*", "piperctl.defaults"),
     ),
     (
         "checkpoints, leakage, datasets",
