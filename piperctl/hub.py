@@ -32,7 +32,8 @@ def local_or_repo_id(name: str | os.PathLike[str]) -> Path | str:
     if path.exists():
         return path  # `./owner/name` or `owner/name` that exists here is always the local folder
     text = os.fspath(name)
-    return text if is_repo_id(text) else path
+    # "data/piperr" beside an existing "data/" folder is a mistyped path, not a Hub id.
+    return text if is_repo_id(text) and not path.parent.is_dir() else path
 
 
 def lerobot_home() -> Path:

@@ -57,6 +57,8 @@ def test_an_existing_folder_is_local_even_when_it_reads_as_an_id(
     assert hub.local_or_repo_id("other/name") == "other/name"
     assert hub.local_or_repo_id("./other/name") == Path("other/name")  # a path that does not exist
     assert hub.local_or_repo_id("[odd] data/missing") == Path("[odd] data/missing")
+    # A mistyped folder beside an existing one is a missing path, never a Hub id to look up.
+    assert hub.local_or_repo_id("owner/nmae") == Path("owner/nmae")
 
 
 def test_convert_names_a_missing_path_instead_of_asking_the_hub(
@@ -65,6 +67,9 @@ def test_convert_names_a_missing_path_instead_of_asking_the_hub(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PiperctlError, match="no such dataset folder"):
         resolve_source("[my] data/v21 set")
+    (tmp_path / "fx").mkdir()
+    with pytest.raises(PiperctlError, match="fx/nonexistent: no such dataset folder"):
+        resolve_source("fx/nonexistent")  # once "the Hub is offline": a typo in a local path
     with pytest.raises(PiperctlError, match="offline"):
         resolve_source("nobody-xyz/not-cached")
 

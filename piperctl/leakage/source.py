@@ -13,8 +13,7 @@ from piperctl.fs import first_line
 def resolve_dataset(dataset: str | os.PathLike[str]) -> Path:
     """A local dataset folder for `dataset`: an existing path, lerobot's local copy, or a Hub download."""
     source = hub.local_or_repo_id(dataset)
-    # "data/piperr" with an existing "data/" folder is a mistyped path, not a Hub id.
-    if isinstance(source, str) and not Path(source).parent.is_dir():
+    if isinstance(source, str):
         local = hub.lerobot_home() / source
         return local if (local / "meta" / "info.json").is_file() else _download(source)
     path = Path(source)
