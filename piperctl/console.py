@@ -32,6 +32,26 @@ err = Console(stderr=True)
 _rank = 0
 
 
+# What the user keeps if Ctrl-C stops the command now (innermost last); nothing by default, since
+# every folder piperctl writes is staged and renamed into place.
+_kept_on_interrupt: list[str] = []
+
+
+@contextmanager
+def keeps_on_interrupt(what: str) -> Iterator[None]:
+    """While inside, an interrupt reports `what` as kept instead of 'nothing was written'."""
+    _kept_on_interrupt.append(what)
+    try:
+        yield
+    finally:
+        _kept_on_interrupt.remove(what)
+
+
+def interrupted_message() -> str:
+    """The one line Ctrl-C prints: what was kept, or that nothing was written."""
+    return "interrupted: " + (_kept_on_interrupt[-1] if _kept_on_interrupt else "nothing was written")
+
+
 def set_rank(rank: int) -> None:
     """Tell the console which rank of a multi-process run this process is (0 when alone)."""
     global _rank

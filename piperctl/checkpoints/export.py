@@ -10,19 +10,18 @@ folder is published through `publish` like every other folder piperctl writes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from piperctl import __version__
+from piperctl import __version__, hub
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import publish, sha256_file
 from piperctl.checkpoints.model_card import model_card
 from piperctl.checkpoints.sources import ModelSource, resolve_model
 from piperctl.checkpoints.untrusted import processor_config_problems
-from piperctl.console import log
+from piperctl.console import keeps_on_interrupt, log
 from piperctl.errors import PiperctlError
 
 MODEL_INFO_FORMAT = "piperctl-model"
@@ -202,23 +201,19 @@ def export_model(
         raise PiperctlError(
             f"cannot write {out} ({e.strerror or e})", hint="check the path, permissions and free space"
         ) from e
-    url = push_folder(out, push_to_hub, private) if push_to_hub is not None else None
+    url = None
+    if push_to_hub is not None:
+        # One Hub commit: an interrupted upload leaves the repo as it was, and OUT as written.
+        with keeps_on_interrupt(
+            f"{out} was written; nothing was pushed to {push_to_hub} (push it with "
+            f"'piperctl export {out} --push-to-hub {push_to_hub}')"
+        ):
+            url = push_folder(out, push_to_hub, private)
     return ExportResult(out, source, url)
 
 
 # ---------------------------------------------------------------------------------------------
 # the Hub
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    )
 
 
 def hub_preflight(repo_id: str) -> None:
@@ -236,7 +231,7 @@ def hub_preflight(repo_id: str) -> None:
         raise PiperctlError(
             f"--push-to-hub {repo_id!r} is not OWNER/NAME", hint="e.g. --push-to-hub me/piper_act"
         )
-    if _offline():
+    if hub.offline():
         raise PiperctlError(
             f"cannot push to {repo_id}: HF_HUB_OFFLINE is set, nothing was pushed",
             hint="unset HF_HUB_OFFLINE and retry when online",

@@ -7,8 +7,12 @@ failure prints `error: <what> — <what to do>` on stderr and exits 2, without a
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -25,7 +29,7 @@ from piperctl.cli.common import COMMAND, debug_enabled, set_debug, sub_app
 from piperctl.cli.dataset import dataset_app
 from piperctl.cli.help import MAX_WIDTH
 from piperctl.cli.leakage import leakage_app
-from piperctl.console import fail_line
+from piperctl.console import fail_line, interrupted_message
 from piperctl.errors import PiperctlError, from_os_error
 
 app = sub_app(
@@ -63,11 +67,48 @@ app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(leakage_app, name="leakage")
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C in a command. Not a KeyboardInterrupt, which typer turns into a silent exit 130; not an
+    Exception, which a broad `except Exception` on the way up could swallow."""
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C: stop the command once, then ignore SIGINT so that the interrupt line gets printed.
+
+    polars takes a SIGINT, raises it as an exception and delivers the signal again: with Python's
+    own handler that second one could strike while the line was being printed.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What is kept is decided now: the code on the way up may leave the places that said so.
+    raise _Interrupted(interrupted_message())
+
+
+@contextmanager
+def _interrupts_reported() -> Iterator[None]:
+    """Route SIGINT through `_interrupt_once` while a command runs (where Python's default handler is in place)."""
+    previous = signal.getsignal(signal.SIGINT)
+    # A parent that ignores SIGINT (a background job) keeps it ignored; a thread cannot set handlers.
+    mine = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if mine:
+        signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        yield
+    finally:
+        if mine:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the app with piperctl's one error convention."""
     args = list(sys.argv[1:] if argv is None else argv)
     # Also before the root callback has run (a usage error), or when --debug follows a sub-command.
     set_debug("--debug" in args)
+    with _interrupts_reported():
+        _run(args)
+
+
+def _run(args: list[str]) -> None:
+    """Run the app on `args` and exit with piperctl's codes: 0, 1 (a check failed), 2 (user error), 130."""
     try:
         rv = app(args=args, prog_name="piperctl", standalone_mode=False)
     except PiperctlError as e:
@@ -96,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         fail_line(str(from_os_error(e)))
         sys.exit(2)
+    except _Interrupted as e:
+        fail_line(str(e))
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):  # typer >= 0.20 has no click_exc.Abort
-        fail_line("interrupted")
+        fail_line(interrupted_message())
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks for users
         if debug_enabled():

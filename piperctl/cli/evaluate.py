@@ -100,7 +100,7 @@ def eval_cmd(
     """Open-loop evaluation on recorded episodes: per-joint action error beside 'hold' and 'repeat' baselines."""
     import json
 
-    from piperctl.console import log
+    from piperctl.console import keeps_on_interrupt, log
     from piperctl.evaluation.openloop import evaluate
     from piperctl.evaluation.report import print_report
 
@@ -114,7 +114,8 @@ def eval_cmd(
     if plots is not None:
         from piperctl.evaluation.plots import plot_episodes
 
-        written = plot_episodes(evaluation, plots)
+        with keeps_on_interrupt(f"the plots written so far are in {plots}; no report was written"):
+            written = plot_episodes(evaluation, plots)
         evaluation.report["plots"] = [str(p) for p in written]
         log(f"plots: {len(written)} PNG(s) in {plots}")
     if report is not None:
