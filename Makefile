@@ -26,6 +26,7 @@ endef
 help:
 	@echo "make demo   - set up and run the end-to-end demo on synthesized PiPER data (offline)"
 	@echo "make test   - set up and run the test suite"
+	@echo "make test-fast - the tests that train no model (the edit loop)"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make lint   - ruff"
 
@@ -45,6 +46,9 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not train and not slow"
 
 bench: install
 	HF_HUB_OFFLINE=1 bash bench/run_all.sh

@@ -15,7 +15,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PIPERCTL_TEST", "1")
 
-# An ACT small enough to train a step in well under a second on CPU (backbone from scratch: offline).
+# An ACT small enough to train a step in well under a second on CPU; on `tiny_ds` (no camera) it has no
+# vision backbone at all, on a camera dataset its ResNet-18 starts from scratch (offline).
 TINY_ACT = {
     "pretrained_backbone_weights": None,
     "dim_model": 32,
@@ -34,6 +35,29 @@ def _hf_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     cache = tmp_path_factory.mktemp("hf_cache")
     os.environ["HF_DATASETS_CACHE"] = str(cache / "datasets")
     os.environ["HF_LEROBOT_HOME"] = str(cache / "lerobot")
+
+
+# Session and module fixtures that train a model: a test using one trains (or waits for the training).
+TRAINED_RUN_FIXTURES = {"reference_run", "cam_run", "good_run", "eval_run", "ref2"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a trained-run fixture `train`, so `make test-fast` leaves it out."""
+    for item in items:
+        if TRAINED_RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.train)
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_train_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked `train` that takes a training step in-process fails: the markers cannot go stale."""
+    if request.node.get_closest_marker("train") is not None:
+        return
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("this test trains a model: mark it @pytest.mark.train")
+
+    monkeypatch.setattr("piperctl.training.trainer.Trainer.train_step", refuse)
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -69,10 +93,24 @@ def state_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small one-camera PNG dataset: fast to decode, enough for ACT and diffusion."""
+    """A small camera-less dataset with the scene's pose as observation.environment_state.
+
+    ACT and diffusion then need no vision backbone: a tiny ACT has ~60k parameters and ~1 MB
+    checkpoints (ResNet-18 alone is 11M parameters, ~130 MB a checkpoint). Tests where cameras are
+    the point use `tiny_cam_ds`.
+    """
     from piperctl.datasets.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("train_ds") / "tiny"
+    return synthesize(out, SynthConfig(episodes=5, frames=(20, 26), cameras=[], env_state=True, seed=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_cam_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small one-camera PNG dataset (fast to decode) for the tests where camera frames are the point."""
+    from piperctl.datasets.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("train_ds") / "tiny_cam"
     return synthesize(
         out,
         SynthConfig(episodes=5, frames=(20, 26), cameras=["front"], image_size=(32, 40), video=False, seed=2),
@@ -144,6 +182,14 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Pa
     """An uninterrupted 8-step ACT run (checkpoints every 2 steps, keep-last 2)."""
     run = tmp_path_factory.mktemp("ref") / "run"
     train_tiny(run, tiny_ds, save_every=2, keep_last=2)
+    return run
+
+
+@pytest.fixture(scope="session")
+def cam_run(tmp_path_factory: pytest.TempPathFactory, tiny_cam_ds: Path) -> Path:
+    """The one ACT run with a camera (ResNet-18): 4 steps, checkpoints at 2 and 4, none rotated away."""
+    run = tmp_path_factory.mktemp("cam") / "act"
+    train_tiny(run, tiny_cam_ds, steps=4, save_every=2, keep_last=0)
     return run
 
 

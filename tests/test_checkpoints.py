@@ -20,24 +20,19 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "checkpoint-format.md"
 
 
 @pytest.fixture(scope="session")
-def good_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def good_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Path:
     """A 4-step ACT run with checkpoint-2, checkpoint-4, final model files and validation losses.
 
-    Shared read-only: tests that damage a run copy it into their own tmp_path first.
+    Shared read-only: tests that damage a run copy it into their own tmp_path first. A camera-less
+    ACT (~1 MB checkpoints): the checks read files and manifests, whatever the model.
     """
     from piperctl import train
-    from piperctl.datasets.synth import SynthConfig, synthesize
 
-    base = tmp_path_factory.mktemp("ckpt_run")
-    ds = synthesize(
-        base / "ds",
-        SynthConfig(episodes=4, frames=(20, 24), cameras=["front"], image_size=(32, 40), video=False),
-    )
-    run = base / "run"
+    run = tmp_path_factory.mktemp("ckpt_run") / "run"
     train(
         run,
         dataset_id="local/x",
-        dataset_root=ds,
+        dataset_root=tiny_ds,
         steps=4,
         batch_size=4,
         save_every=2,

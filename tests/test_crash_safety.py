@@ -53,9 +53,9 @@ def test_killed_before_first_checkpoint_starts_again_from_step_0(
     line = one_error_line(err)
     assert code == 2 and "before its first checkpoint" in line and f"piperctl resume {run}" in line
     # ... and that way works: the run starts again with its own options and ends as if never stopped.
-    res = piperctl_cli(["resume", run])
-    assert res.returncode == 0, res.stderr
-    assert "starting it again from step 0" in res.stderr
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
+    assert "starting it again from step 0" in err
     assert losses(run) == losses(reference_run)
     assert_same_weights(run, reference_run)
     assert _leftovers(run) == []
@@ -79,9 +79,9 @@ def test_killed_during_final_save_is_finished_by_resume(
     final = next(c for c in json.loads(out)["checkpoints"] if c["kind"] == "model")
     assert code == 1 and "final-model-missing" in {p["code"] for p in final["problems"]}
 
-    res = piperctl_cli(["resume", run])
-    assert res.returncode == 0, res.stderr
-    assert "final model is missing or incomplete" in res.stderr
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
+    assert "final model is missing or incomplete" in err
     assert_same_weights(run, reference_run)
     assert _leftovers(run) == []
     code, _, _ = run_cli(["checkpoints", "verify", run], capsys)
@@ -122,11 +122,14 @@ def test_a_locked_run_refuses_other_writers_but_not_readers(
             lock.release()
     # Released: the run is writable again, and the new folder was left as it was found (gone).
     assert not new.exists()
-    res = piperctl_cli(["resume", run, "--steps", "10"])
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_cli(["resume", run, "--steps", "10"], capsys)
+    assert code == 0, err
 
 
-def test_two_trains_into_one_folder_one_wins(tmp_path: Path, tiny_ds: Path) -> None:
+@pytest.mark.train
+def test_two_trains_into_one_folder_one_wins(
+    tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     exe = Path(python_exe()).with_name("piperctl")
     procs = [
@@ -139,8 +142,8 @@ def test_two_trains_into_one_folder_one_wins(tmp_path: Path, tiny_ds: Path) -> N
     assert "being written by another piperctl process" in loser or "already holds" in loser, loser
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # one history, not two interleaved
-    res = piperctl_cli(["checkpoints", "verify", run])
-    assert res.returncode == 0, res.stdout
+    code, out, _ = run_cli(["checkpoints", "verify", run], capsys)
+    assert code == 0, out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +161,7 @@ def test_paths_with_brackets_are_printed_as_they_are(
     assert code == 2 and str(missing) in one_error_line(err, after_logs=True)
 
 
+@pytest.mark.train
 def test_a_killed_rank_is_reported_in_one_line(tmp_path: Path, tiny_ds: Path) -> None:
     run = tmp_path / "run"
     res = piperctl_cli([*_ref_args(run, tiny_ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "kill:3@1"})
@@ -171,6 +175,7 @@ def test_a_killed_rank_is_reported_in_one_line(tmp_path: Path, tiny_ds: Path) ->
 # 5. disk full
 
 
+@pytest.mark.train
 def test_disk_full_during_a_save_is_one_line_and_leaves_no_temp_folder(tmp_path: Path, tiny_ds: Path) -> None:
     run = tmp_path / "run"
     res = piperctl_cli(_ref_args(run, tiny_ds), env={"PIPERCTL_FAULT": "disk-full:4"})
@@ -194,6 +199,7 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.train
 def test_a_really_full_disk_is_one_line(small_disk: Path, tiny_ds: Path) -> None:
     run = small_disk / "run"
     res = piperctl_cli(_ref_args(run, tiny_ds))
@@ -202,6 +208,7 @@ def test_a_really_full_disk_is_one_line(small_disk: Path, tiny_ds: Path) -> None
     assert _leftovers(run) == []
 
 
+@pytest.mark.train
 def test_low_free_space_is_announced_before_the_save(
     tmp_path: Path, tiny_ds: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

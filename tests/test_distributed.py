@@ -145,6 +145,7 @@ def test_two_process_run_writes_checkpoints_that_verify(
     assert (ref2 / ckpt.PRETRAINED_DIR / ckpt.LEROBOT_WEIGHTS).is_file() and _no_tmp(ref2)
 
 
+@pytest.mark.train
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_main_process_killed_while_saving_then_resumed_matches_uninterrupted_run(
@@ -171,6 +172,7 @@ def test_main_process_killed_while_saving_then_resumed_matches_uninterrupted_run
             assert torch.equal(t, opt_b["state"][k][name]), (k, name)
 
 
+@pytest.mark.train
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigterm_on_one_rank_stops_all_with_one_checkpoint_then_resumes_in_one_process(
@@ -200,6 +202,7 @@ def test_sigterm_on_one_rank_stops_all_with_one_checkpoint_then_resumes_in_one_p
     assert [t["from_step"] for t in state["topology"]] == [0, 1]
 
 
+@pytest.mark.train
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_one_process_checkpoint_resumes_in_two_processes(tmp_path: Path, ds: Path) -> None:

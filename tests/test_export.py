@@ -27,12 +27,10 @@ def _train(run: Path, ds: Path, **overrides):
     return train(run, dataset_id="local/tiny", dataset_root=str(ds), **opts)
 
 
-@pytest.fixture(scope="module")
-def act_run(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Path:
-    """A 4-step tiny ACT run with validation (checkpoints at 2 and 4)."""
-    run = tmp_path_factory.mktemp("export") / "act"
-    _train(run, tiny_ds, steps=4, save_every=2, keep_last=0)
-    return run
+@pytest.fixture
+def act_run(cam_run: Path) -> Path:
+    """A 4-step tiny ACT run on a camera dataset (checkpoints at 2 and 4): exports carry the vision backbone."""
+    return cam_run
 
 
 def actions_on_frames(
@@ -83,7 +81,7 @@ def _assert_export_matches(source: Path, export: Path, ds: Path, episode: int) -
 
 
 def test_export_of_act_run_loads_in_lerobot_bit_identically(
-    act_run: Path, tiny_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    act_run: Path, tiny_cam_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "exported"
     code, stdout, err = run_cli(["export", act_run, out], capsys)
@@ -93,19 +91,19 @@ def test_export_of_act_run_loads_in_lerobot_bit_identically(
     best_step = json.loads((out / fmt.MODEL_INFO).read_text())["step"]
     for name in fmt.LEROBOT_LAYOUT.files + (fmt.MODEL_CARD, fmt.MANIFEST):
         assert (out / name).is_file(), name
-    _assert_export_matches(act_run / f"checkpoint-{best_step}", out, tiny_ds, episode=4)
+    _assert_export_matches(act_run / f"checkpoint-{best_step}", out, tiny_cam_ds, episode=4)
     card = (out / fmt.MODEL_CARD).read_text()
     state = json.loads((act_run / f"checkpoint-{best_step}" / fmt.TRAINING_STATE).read_text())
     assert "library_name: lerobot" in card and state["dataset"]["fingerprint"] in card
     assert f"| optimizer steps | {best_step} |" in card and "lerobot" in card
 
 
-def test_final_model_is_lerobot_loadable_and_verifies(act_run: Path, tiny_ds: Path) -> None:
+def test_final_model_is_lerobot_loadable_and_verifies(act_run: Path, tiny_cam_ds: Path) -> None:
     from piperctl.checkpoints.verify import verify_paths
 
     final = act_run / fmt.PRETRAINED_DIR
     policy, pre, post = lerobot_load(final)
-    assert len(actions_on_frames(policy, pre, post, tiny_ds, 0)) > 10
+    assert len(actions_on_frames(policy, pre, post, tiny_cam_ds, 0)) > 10
     reports = verify_paths([act_run])
     assert {r.target.path.name: r.passed for r in reports} == {
         "checkpoint-2": True,
@@ -121,6 +119,7 @@ def test_final_model_is_lerobot_loadable_and_verifies(act_run: Path, tiny_ds: Pa
         (final / "notes.txt").unlink()
 
 
+@pytest.mark.train
 def test_export_of_diffusion_checkpoint_is_bit_identical(
     tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -227,6 +226,7 @@ def test_push_creates_repo_and_uploads_the_sealed_folder(
 # best checkpoint
 
 
+@pytest.mark.train
 def test_best_checkpoint_survives_rotation_is_listed_and_exported(
     tmp_path: Path, tiny_ds: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,6 +249,7 @@ def test_best_checkpoint_survives_rotation_is_listed_and_exported(
     assert json.loads((tmp_path / "e" / fmt.MODEL_INFO).read_text())["step"] == 4
 
 
+@pytest.mark.train
 def test_eval_every_picks_best_by_open_loop_action_error(tmp_path: Path, tiny_ds: Path) -> None:
     run = tmp_path / "nmae"
     _train(run, tiny_ds, steps=2, save_every=2, eval_every=1)
@@ -282,6 +283,7 @@ def _lerobot_pretrained(folder: Path, ds: Path) -> None:
     post.save_pretrained(folder)
 
 
+@pytest.mark.train
 def test_init_from_lerobot_pretrained_model(tmp_path: Path, tiny_ds: Path) -> None:
     from safetensors.torch import load_file
 

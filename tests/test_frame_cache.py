@@ -203,8 +203,8 @@ def test_frame_choice_is_lerobots_for_any_query(video_ds: Path, tmp_path: Path) 
         pick_frames(ts, far, 1e-4, path)
 
 
-def test_image_dataset_passes_through(tiny_ds: Path, tmp_path: Path) -> None:
-    ds = _open(tiny_ds, None)
+def test_image_dataset_passes_through(tiny_cam_ds: Path, tmp_path: Path) -> None:
+    ds = _open(tiny_cam_ds, None)
     assert FrameCache.wrap(ds, tmp_path / "cache", progress=False) is ds
     assert not (tmp_path / "cache").exists()
     assert cache_size_bytes(ds) == 0

@@ -31,6 +31,7 @@ def two_cameras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny(tmp_path_factory.mktemp("real") / "two_cams")
 
 
+@pytest.mark.train
 def test_a_v21_recording_is_converted_then_trained_resumed_and_verified(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -59,12 +60,7 @@ def test_a_v21_recording_is_converted_then_trained_resumed_and_verified(
 def test_a_local_folder_is_never_looked_up_on_the_hub(
     tmp_path: Path, two_cameras: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "run"
-    code, _, err = run_cli(_train(run, two_cameras), capsys)
-    assert code == 0, err
-    state = _state(run)
-    assert state["config"]["dataset_id"] == "local/two_cams" and state["dataset"]["id"] == "local/two_cams"
-
+    # A run on a local folder records `local/<folder>` as its id: see the run in the lost-camera test.
     ds = tmp_path / "ds"
     shutil.copytree(two_cameras, ds)
     lost = sorted((ds / "data").rglob("*.parquet"))[0]
@@ -75,6 +71,7 @@ def test_a_local_folder_is_never_looked_up_on_the_hub(
     assert "huggingface" not in err.lower()
 
 
+@pytest.mark.train
 def test_lost_camera_videos_are_named_and_the_other_cameras_still_train(
     tmp_path: Path, two_cameras: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,8 +89,11 @@ def test_lost_camera_videos_are_named_and_the_other_cameras_still_train(
     run = tmp_path / "run_front"
     code, _, err = run_cli(_train(run, ds, "--cameras", "front"), capsys)
     assert code == 0, err
-    shapes = _state(run)["feature_shapes"]
+    state = _state(run)
+    shapes = state["feature_shapes"]
     assert "observation.images.front" in shapes and "observation.images.wrist" not in shapes
+    # A local folder is never looked up on the Hub: its id is `local/<folder name>`.
+    assert state["config"]["dataset_id"] == "local/ds" and state["dataset"]["id"] == "local/ds"
 
     code, _, err = run_cli(_train(tmp_path / "run_top", ds, "--cameras", "top"), capsys)
     line = one_error_line(err)
@@ -114,9 +114,20 @@ def test_a_vision_policy_without_any_camera_says_so(
     )
 
 
+@pytest.mark.train
 def test_real_shapes_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Like the real PiPER dataset: 7-dim `joint_1.pos` state in percent, 6-dim SO-101-named action, 15 fps.
-    ds = tiny(tmp_path / "piper_like", names="pos", units="percent", action="so101", fps=15, rest_frames=3)
+    # Like the real PiPER dataset: 7-dim `joint_1.pos` state in percent, 6-dim SO-101-named action, 15 fps
+    # (the scene's pose instead of a camera: the shapes of state and action are the point here).
+    ds = tiny(
+        tmp_path / "piper_like",
+        names="pos",
+        units="percent",
+        action="so101",
+        fps=15,
+        rest_frames=3,
+        cameras=[],
+        env_state=True,
+    )
     capsys.readouterr()  # the builder's own progress lines
     run = tmp_path / "run"
     code, _, err = run_cli(_train(run, ds), capsys)
@@ -125,6 +136,7 @@ def test_real_shapes_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert shapes["observation.state"] == [7] and shapes["action"] == [6]
 
 
+@pytest.mark.train
 def test_480x640_camera_frames_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ds = tiny(tmp_path / "big", episodes=2, frames=(4, 5), cameras=["top"], image_size=(480, 640))
     capsys.readouterr()  # the builder's own progress lines
@@ -134,6 +146,7 @@ def test_480x640_camera_frames_train(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert _state(run, 1)["feature_shapes"]["observation.images.top"] == [3, 480, 640]
 
 
+@pytest.mark.train  # the timestamps are checked as the first batch is read, in the first step
 def test_jittered_timestamps_are_caught_before_the_first_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

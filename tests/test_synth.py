@@ -219,3 +219,41 @@ def test_bad_realism_options_are_one_line(tmp_path: Path, capsys, args: list[str
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and needle in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_env_state_records_the_scene_loads_and_passes_leakage(
+    tiny_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    from tests.conftest import run_cli
+
+    ds = _load(tiny_ds)
+    feat = ds.meta.features["observation.environment_state"]
+    assert feat["dtype"] == "float32" and tuple(feat["shape"]) == (5,)
+    assert feat["names"] == ["cube_x", "cube_y", "cube_z", "bin_x", "bin_y"]
+    assert ds.meta.camera_keys == [] and ds[3]["observation.environment_state"].shape == (5,)
+    data = ds.hf_dataset.with_format("numpy")
+    env, ep = np.stack(data["observation.environment_state"]), np.asarray(data["episode_index"])
+    for e in np.unique(ep):
+        scene = env[ep == e]
+        assert (scene[:, 3:] == scene[0, 3:]).all()  # the bin stays put
+        assert scene[:, 2].min() == 0.0 and scene[:, 2].max() > 0.05  # the cube is lifted off the table
+        # ... and released into the bin: it ends on the table next to the bin's centre.
+        assert scene[-1, 2] == 0.0 and np.abs(scene[-1, :2] - scene[-1, 3:]).max() < 0.05
+    code, _, err = run_cli(["leakage", "full", tiny_ds, "--no-progress"], capsys)
+    assert code == 0, err
+
+    # The CLI option; the scene is an extra column: state and action are those of the same seed without it.
+    code, _, err = run_cli(
+        ["dataset", "synth", tmp_path / "env", "--episodes", "2", "--frames", "12", "--seed", "4"]
+        + ["--cameras", "none", "--env-state"],
+        capsys,
+    )
+    assert code == 0, err
+    plain = synthesize(tmp_path / "plain", SynthConfig(episodes=2, frames=(12, 12), seed=4, cameras=[]))
+    a, b = (pq.read_table(r / "data/chunk-000/file-000.parquet") for r in (tmp_path / "env", plain))
+    assert "observation.environment_state" in a.column_names
+    assert "observation.environment_state" not in b.column_names
+    for col in ("observation.state", "action", "timestamp", "episode_index"):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col

@@ -43,24 +43,34 @@ def _same_optimizer_state(a: Path, b: Path) -> None:
         ("augment", True, "kill:5"),
     ],
 )
+@pytest.mark.train
 def test_resume_is_exact_with(
-    option: str, value: object, fault: str, tmp_path: Path, tiny_ds: Path, reference_run: Path
+    option: str,
+    value: object,
+    fault: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # Augmentation transforms camera frames: its runs need a camera (and compare with the camera run).
+    ds = request.getfixturevalue("tiny_cam_ds" if option == "augment" else "tiny_ds")
+    plain = request.getfixturevalue("cam_run" if option == "augment" else "reference_run")
     ref = tmp_path / "ref"
-    train_tiny(ref, tiny_ds, save_every=2, **{option: value})
+    train_tiny(ref, ds, **{option: value})  # checkpoints at 4 and 8: the faults strike after step 4
     run = tmp_path / "run"
     flag = f"--{option.replace('_', '-')}"
     extra = [flag] if value is True else [flag, str(value)]
-    res = piperctl_cli([*train_args(run, tiny_ds, save_every=2), *extra], env={"PIPERCTL_FAULT": fault})
+    res = piperctl_cli([*train_args(run, ds), *extra], env={"PIPERCTL_FAULT": fault})
     assert res.returncode == -signal.SIGKILL, res.stderr
-    res = piperctl_cli(["resume", run])
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
     assert losses(run) == losses(ref)
     assert_same_weights(run, ref)
     _same_optimizer_state(run / "checkpoint-8", ref / "checkpoint-8")
     state = _state(run / "checkpoint-8")
-    # The option really changed training: not the fp32 / batch-4 / plain reference.
-    assert losses(run) != losses(reference_run)
+    # The option really changed training: not the fp32 / batch-4 / plain reference (the camera run has
+    # 4 of its 8 steps, with the same data order: its losses are a plain run's first 4).
+    assert losses(run)[: len(losses(plain))] != losses(plain)
     if option == "precision":
         assert state["config"]["precision"] == value
         assert (state["scaler"] is not None) == (value == "fp16")
@@ -71,6 +81,7 @@ def test_resume_is_exact_with(
         assert state["config"]["augment"] is True
 
 
+@pytest.mark.train
 def test_use_amp_picks_the_precision_lerobot_train_would(tmp_path: Path, tiny_ds: Path) -> None:
     run = tmp_path / "run"
     train_tiny(run, tiny_ds, steps=2, save_every=2, policy_options={"use_amp": True, **_tiny_act()})
@@ -84,14 +95,19 @@ def _tiny_act() -> dict:
     return dict(TINY_ACT)
 
 
-def test_augmentation_touches_training_batches_only(tmp_path: Path, tiny_ds: Path) -> None:
+def test_augmentation_touches_training_batches_only(tmp_path: Path, tiny_cam_ds: Path) -> None:
     from piperctl.training.config import TrainConfig
     from piperctl.training.trainer import Trainer
 
     cfg = TrainConfig.from_options(
         tmp_path / "run",
         None,
-        {"dataset_root": str(tiny_ds), "policy_options": _tiny_act(), "augment": True, "val_episodes": "1"},
+        {
+            "dataset_root": str(tiny_cam_ds),
+            "policy_options": _tiny_act(),
+            "augment": True,
+            "val_episodes": "1",
+        },
     )
     trainer = Trainer(cfg, tmp_path / "run", "test")
     trainer.setup(None)
@@ -105,6 +121,7 @@ def test_augmentation_touches_training_batches_only(tmp_path: Path, tiny_ds: Pat
     assert torch.equal(feed.loader.dataset[(0, 0)][camera], train_item[camera])  # seeded per sample
 
 
+@pytest.mark.train
 def test_augment_config_file(tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "aug.toml"
     good.write_text("max_num_transforms = 1\nrandom_order = true\n")
@@ -123,8 +140,9 @@ def test_augment_config_file(tmp_path: Path, tiny_ds: Path, capsys: pytest.Captu
     assert code == 2 and str(bad) in line
 
 
+@pytest.mark.train
 def test_tensorboard_logs_the_metrics_and_resume_continues_the_same_run(
-    tmp_path: Path, tiny_ds: Path
+    tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -134,8 +152,8 @@ def test_tensorboard_logs_the_metrics_and_resume_continues_the_same_run(
         env={"PIPERCTL_FAULT": "kill:5"},
     )
     assert res.returncode == -signal.SIGKILL, res.stderr
-    res = piperctl_cli(["resume", run])
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
     run_id = json.loads((run / ckpt.RUN_FILE).read_text())["run_id"]
     logdirs = [p for p in (run / "tensorboard").iterdir() if p.is_dir()]
     assert [p.name for p in logdirs] == [run_id]  # one tracker run, continued
@@ -156,11 +174,11 @@ def test_an_unknown_tracker_is_one_line(
 
 
 def test_background_and_synchronous_saves_write_the_same_checkpoints(
-    tmp_path: Path, tiny_ds: Path, reference_run: Path
+    tmp_path: Path, tiny_ds: Path, reference_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    res = piperctl_cli([*train_args(run, tiny_ds, save_every=2, keep_last=2), "--sync-save"])
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_cli([*train_args(run, tiny_ds, save_every=2, keep_last=2), "--sync-save"], capsys)
+    assert code == 0, err
     assert losses(run) == losses(reference_run)
     for name in ("checkpoint-6", "checkpoint-8"):
         assert_same_weights(run / name, reference_run / name)
@@ -169,7 +187,7 @@ def test_background_and_synchronous_saves_write_the_same_checkpoints(
 
 
 def test_sigterm_with_a_background_save_in_flight_waits_for_it(
-    tmp_path: Path, tiny_ds: Path, reference_run: Path
+    tmp_path: Path, tiny_ds: Path, reference_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
     # SIGTERM right after step 4, whose checkpoint is then being written in the background.
@@ -180,12 +198,13 @@ def test_sigterm_with_a_background_save_in_flight_waits_for_it(
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
     assert ckpt.check_checkpoint(run / "checkpoint-4").ok
     assert not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
-    res = piperctl_cli(["resume", run])
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
     assert losses(run) == losses(reference_run)
     assert_same_weights(run, reference_run)
 
 
+@pytest.mark.train
 def test_the_frame_cache_trains_exactly_as_reading_the_videos(
     tmp_path: Path, synth_dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -64,6 +64,13 @@ def dataset_synth(
     version: Annotated[
         str, typer.Option(help="LeRobot format: v3.0, or v2.1 (one parquet and MP4 per episode).")
     ] = "v3.0",
+    env_state: Annotated[
+        bool,
+        typer.Option(
+            "--env-state",
+            help="Also record observation.environment_state (cube xyz, bin xy): ACT and diffusion then train without cameras.",
+        ),
+    ] = False,
     force: Force = False,
 ) -> None:
     """Write a synthetic PiPER pick-and-place dataset (LeRobot v3.0, or v2.1 with --version)."""
@@ -84,6 +91,7 @@ def dataset_synth(
         action=action_names,
         timestamp_jitter_s=timestamp_jitter,
         version=version,
+        env_state=env_state,
     )
     path = synthesize(out, cfg, force=force)
     typer.echo(
