@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import TINY_ACT, run_cli
 
 
+@pytest.mark.train
 def test_a_bracketed_dataset_folder_trains_and_evaluates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -19,7 +20,7 @@ def test_a_bracketed_dataset_folder_trains_and_evaluates(
     # `datasets` reads lerobot's parquet paths as glob patterns: '[v1]' once made this dataset look empty.
     ds = synthesize(
         tmp_path / "data [v1] é" / "ds",
-        SynthConfig(episodes=3, frames=(12, 14), cameras=["front"], image_size=(24, 32), video=False, seed=4),
+        SynthConfig(episodes=3, frames=(12, 14), cameras=[], env_state=True, seed=4),
     )
     run = tmp_path / "run"
     result = train(
