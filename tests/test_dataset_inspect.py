@@ -127,3 +127,35 @@ def test_check_video_frames(jittered: Path, legacy: Path, tmp_path: Path) -> Non
         "episode 0, camera top (videos/chunk-000/observation.images.top/episode_000000.mp4)"
     )
     assert f"{t.num_rows} video frames for {t.num_rows - 2} data rows" in bad.message()
+
+
+@pytest.mark.parametrize("column", ["action", "timestamp"])
+def test_a_column_of_the_wrong_type_is_one_line_for_train_and_leakage(
+    tiny_ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from tests.conftest import one_error_line, run_cli, train_args
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_ds, ds)
+    (path,) = (ds / "data").rglob("*.parquet")
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(column)
+    as_text = (
+        pc.cast(table[column], pa.string())
+        if column == "timestamp"
+        else pa.array([str(v) for v in table[column].to_pylist()])
+    )
+    pq.write_table(table.set_column(i, column, as_text), path)
+
+    code, _, err = run_cli(train_args(tmp_path / "run", ds), capsys)
+    line = one_error_line(err, after_logs=True)
+    assert code == 2 and f"column '{column}' has type string" in line and "file-000.parquet" in line
+    assert "unexpected" not in err
+    code, _, err = run_cli(
+        ["leakage", "minimal" if column == "timestamp" else "full", ds, "--no-progress"], capsys
+    )
+    assert code == 2 and f"column '{column}' has type string" in one_error_line(err, after_logs=True)

@@ -146,6 +146,15 @@ def check_data_files(root: Path) -> None:
                 f"{path} holds no rows",
                 hint="the dataset is damaged: copy or download it again, or re-record it",
             )
+    # The column check the leakage scan runs (footers only): a column of the wrong type, e.g. action
+    # or timestamp stored as strings, is one line naming file and column, not a failure mid-load.
+    from piperctl.leakage.layout import STRUCT_COLUMNS, load_layout, validate_columns
+
+    try:
+        layout = load_layout(root)
+        validate_columns(layout, [*STRUCT_COLUMNS, *layout.content_features])
+    except PiperctlError as e:
+        raise PiperctlError(f"{root}: {e.message}", hint=e.hint) from e
 
 
 def open_dataset(
