@@ -168,7 +168,7 @@ def test_push_without_login_is_one_line(
 ) -> None:
     from piperctl.checkpoints import export
 
-    monkeypatch.setattr(export, "_offline", lambda: False)
+    monkeypatch.setattr("piperctl.hub.offline", lambda: False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     code, _, err = run_cli(["export", act_run, tmp_path / "o", "--push-to-hub", "me/piper_act"], capsys)
     assert code == 2 and "not logged in" in one_error_line(err)
@@ -199,7 +199,7 @@ def test_push_creates_repo_and_uploads_the_sealed_folder(
 ) -> None:
     from piperctl.checkpoints import export
 
-    monkeypatch.setattr(export, "_offline", lambda: False)
+    monkeypatch.setattr("piperctl.hub.offline", lambda: False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_test")
     monkeypatch.setattr("huggingface_hub.HfApi", _FakeApi)
     _FakeApi.calls, _FakeApi.fail = [], None
