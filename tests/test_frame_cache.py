@@ -12,9 +12,8 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from piperctl.errors import PiperctlError
-from piperctl.training import frame_cache
 from piperctl.training.data import isolated_rng, open_dataset
-from piperctl.training.frame_cache import FrameCache, cache_size_bytes, collate, pick_frames
+from piperctl.training.frame_cache import FrameCache, cache_size_bytes, collate, pick_frames, store
 
 FPS = 30
 FRONT, WRIST = "observation.images.front", "observation.images.wrist"
@@ -119,7 +118,7 @@ def test_second_wrap_reuses_the_cache_and_never_decodes(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded a video")
 
-    monkeypatch.setattr(frame_cache, "_decode_into", no_decoding)
+    monkeypatch.setattr(store, "_decode_into", no_decoding)
     monkeypatch.setattr("lerobot.datasets.dataset_reader.decode_video_frames", no_decoding)
     cached = FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
     for i, want in zip(range(0, len(plain), 4), expected, strict=True):
@@ -138,13 +137,13 @@ def test_a_changed_video_is_decoded_again(
     wrist = next((root / "videos" / WRIST).rglob("*.mp4"))
     shutil.copyfile(wrist, front)
     decoded: list[Path] = []
-    real = frame_cache._decode_into
+    real = store._decode_into
 
     def counting(path: Path, *args: object, **kwargs: object) -> list[float]:
         decoded.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(frame_cache, "_decode_into", counting)
+    monkeypatch.setattr(store, "_decode_into", counting)
     plain = _open(root)
     cached = FrameCache.wrap(_open(root), cache, progress=False)
     assert decoded == [front.resolve()]
@@ -213,9 +212,7 @@ def test_image_dataset_passes_through(tiny_cam_ds: Path, tmp_path: Path) -> None
 def test_too_little_disk_space_is_one_clear_error(
     video_ds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        frame_cache.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 10**6)
-    )
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 10**6))
     with pytest.raises(PiperctlError) as err:
         FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
     assert str(tmp_path / "cache") in err.value.message and "--no-frame-cache" in (err.value.hint or "")
