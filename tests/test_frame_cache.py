@@ -109,7 +109,7 @@ def test_pickles_without_frames_for_spawned_workers(video_ds: Path, tmp_path: Pa
 
 
 def test_second_wrap_reuses_the_cache_and_never_decodes(
-    video_ds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    video_ds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
     plain = _open(video_ds)
@@ -120,9 +120,13 @@ def test_second_wrap_reuses_the_cache_and_never_decodes(
 
     monkeypatch.setattr(store, "_decode_into", no_decoding)
     monkeypatch.setattr("lerobot.datasets.dataset_reader.decode_video_frames", no_decoding)
-    cached = FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
+    capsys.readouterr()
+    cached = FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=True)
     for i, want in zip(range(0, len(plain), 4), expected, strict=True):
         assert_same(want, cached[i])
+    # Where the cache lives and what it costs, said even when nothing had to be built.
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("frame cache:")]
+    assert f"in {tmp_path / 'cache'}" in line and "GiB of decoded frames for" in line and "MiB, " in line
 
 
 def test_a_changed_video_is_decoded_again(

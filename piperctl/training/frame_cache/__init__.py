@@ -74,6 +74,15 @@ class FrameCache:
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         sources = _sources(dataset)
         entries = build(dataset, cache_dir, progress=progress, sources=sources)
+        if progress:
+            files = {src.path: src for src in sources.values()}
+            cached = sum(src.nbytes for src in files.values())
+            videos = sum(src.size for src in files.values())
+            log(
+                f"frame cache: {cached / 2**30:.2f} GiB of decoded frames for {len(files)} video file(s) "
+                f"({videos / 2**20:.1f} MiB, {cached / max(videos, 1):.0f}x) in {cache_dir} "
+                "(--no-frame-cache to read the videos instead)"
+            )
         starts = {key: meta.episodes[f"videos/{key}/from_timestamp"] for key in _cached_keys(meta)}
         where = {(key, ep): (src.path, starts[key][ep]) for (key, ep), src in sources.items()}
         return CachedVideoDataset(dataset, entries, where, _Columns.of(dataset.hf_dataset))
