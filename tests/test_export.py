@@ -166,7 +166,6 @@ def test_push_offline_is_one_line_and_writes_nothing(
 def test_push_without_login_is_one_line(
     act_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl.checkpoints import export
 
     monkeypatch.setattr("piperctl.hub.offline", lambda: False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
@@ -197,7 +196,6 @@ class _FakeApi:
 def test_push_creates_repo_and_uploads_the_sealed_folder(
     act_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl.checkpoints import export
 
     monkeypatch.setattr("piperctl.hub.offline", lambda: False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_test")

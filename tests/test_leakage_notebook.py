@@ -12,6 +12,7 @@ from tests.conftest import python_exe
 NOTEBOOK = Path(__file__).resolve().parent.parent / "docs" / "leakage_demo.ipynb"
 
 
+@pytest.mark.slow  # starts a Jupyter kernel: not for the edit loop (make test-fast)
 def test_demo_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
