@@ -14,7 +14,7 @@ import torch
 
 from piperctl.checkpoints import format as fmt
 from piperctl.errors import PiperctlError
-from tests.conftest import TINY_ACT, one_error_line, run_cli
+from tests.conftest import TINY_ACT, one_error_line, run_cli, train_args
 from tests.test_training import TINY_DIFFUSION
 
 FAST = {"batch_size": 4, "num_workers": 0, "val_episodes": "1", "seed": 5}
@@ -248,9 +248,13 @@ def test_best_checkpoint_survives_rotation_is_listed_and_exported(
 
 
 @pytest.mark.train
-def test_eval_every_picks_best_by_open_loop_action_error(tmp_path: Path, tiny_ds: Path) -> None:
+def test_eval_every_picks_best_by_open_loop_action_error(
+    tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "nmae"
-    _train(run, tiny_ds, steps=2, save_every=2, eval_every=1)
+    # Through the command line: it must hand training evaluation's open-loop scorer, as piperctl.train does.
+    code, _, err = run_cli(train_args(run, tiny_ds, steps=2, save_every=2, eval_every=1), capsys)
+    assert code == 0, err
     rows = [json.loads(x) for x in (run / fmt.METRICS_FILE).read_text().splitlines()]
     nmae = {r["step"]: r["val_action_nmae"] for r in rows if "val_action_nmae" in r}
     assert sorted(nmae) == [1, 2] and all(v > 0 for v in nmae.values())

@@ -113,7 +113,7 @@ def train_cmd(
             **_resume_changes(local),
         )
         return
-    from piperctl.training.api import train
+    from piperctl import train
     from piperctl.training.policy import parse_policy_options
 
     options = {name: local[name] for name in TrainConfig.names() if name in local}
@@ -123,7 +123,7 @@ def train_cmd(
 
 
 def _resume(path: Path, **changes: Any) -> None:
-    from piperctl.training.api import resume
+    from piperctl import resume
 
     resume(path, **changes)
 
