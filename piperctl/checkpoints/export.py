@@ -23,6 +23,7 @@ from piperctl.checkpoints.sources import ModelSource, resolve_model
 from piperctl.checkpoints.untrusted import processor_config_problems
 from piperctl.console import keeps_on_interrupt, log
 from piperctl.errors import PiperctlError
+from piperctl.fs import first_line
 
 MODEL_INFO_FORMAT = "piperctl-model"
 EVAL_REPORT = "eval.json"
@@ -259,11 +260,7 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
         )
     except Exception as e:  # noqa: BLE001 - network, auth and Hub errors come in many types
         status = getattr(getattr(e, "response", None), "status_code", None)
-        why = (
-            "not authorised (check your token's write access)"
-            if status in (401, 403)
-            else (str(e).splitlines()[0] if str(e) else type(e).__name__)
-        )
+        why = "not authorised (check your token's write access)" if status in (401, 403) else first_line(e)
         raise PiperctlError(
             f"push to {repo_id} failed: {why}; nothing was committed",
             hint=f"the export in {folder} is complete: retry with 'piperctl export {folder} --push-to-hub {repo_id}'",

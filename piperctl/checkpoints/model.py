@@ -22,6 +22,7 @@ from piperctl.checkpoints.format import (
     model_layout,
 )
 from piperctl.errors import PiperctlError
+from piperctl.fs import first_line
 
 
 def save_model_files(
@@ -81,7 +82,7 @@ def load_weights(policy: torch.nn.Module, path: Path) -> None:
         missing, unexpected = load_safetensors_into(policy, str(path), strict=False)
     except RuntimeError as e:
         raise PiperctlError(
-            f"weights in {path} do not fit this policy ({str(e).splitlines()[0]})", code="weights-mismatch"
+            f"weights in {path} do not fit this policy ({first_line(e)})", code="weights-mismatch"
         ) from e
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
         raise PiperctlError(

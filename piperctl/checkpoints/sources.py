@@ -16,6 +16,7 @@ from piperctl import hub
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import hash_pending, scan_checkpoint
 from piperctl.errors import PiperctlError
+from piperctl.fs import first_line
 
 
 @dataclass
@@ -247,11 +248,7 @@ def resolve_pretrained(spec: str | Path) -> ModelSource:
         offline = "offline" in f"{type(e).__name__} {e}".lower()
         raise PiperctlError(
             f"cannot download {spec} from the Hugging Face Hub"
-            + (
-                " (HF_HUB_OFFLINE is set)"
-                if offline
-                else f" ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-            ),
+            + (" (HF_HUB_OFFLINE is set)" if offline else f" ({first_line(e)})"),
             hint="go online, or pass a local pretrained_model folder"
             if offline
             else "check the model id and your network/login",

@@ -6,7 +6,6 @@ of PiPER plugins, `joint_1.pos`-style names, a 6-dim SO-101-named action, jitter
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from piperctl.datasets.arm_sim import (
     render,
 )
 from piperctl.errors import PiperctlError
+from piperctl.fs import prepare_out_folder, publish_folder
 
 TASKS = [
     "pick up the red cube and place it in the blue bin",
@@ -231,23 +231,10 @@ def jittered_timestamps(cfg: SynthConfig) -> Callable[[int, np.ndarray], np.ndar
     return stamps
 
 
-def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PiperctlError(f"{out} is a file, not a folder", hint="choose a new folder for the dataset")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise PiperctlError(
-                f"{out} is not empty", hint="choose a new folder, or pass --force to replace it"
-            )
-        resolved = out.resolve()
-        if resolved in (Path("/"), Path.home().resolve(), Path.cwd().resolve()):
-            raise PiperctlError(f"refusing to replace {out}", hint="choose a dedicated dataset folder")
-
-
 def synthesize(out: str | Path, cfg: SynthConfig, force: bool = False) -> Path:
     """Write a synthetic PiPER dataset to `out` through lerobot's own writer; returns the path."""
     out = Path(out)
-    _prepare_out(out, force)  # before the slow lerobot import, so mistakes fail fast
+    prepare_out_folder(out, force)  # before the slow lerobot import, so mistakes fail fast
     from piperctl.quiet import quiet_third_party, silence_native_stderr
 
     quiet_third_party()
@@ -295,9 +282,8 @@ def synthesize(out: str | Path, cfg: SynthConfig, force: bool = False) -> Path:
             legacy = staging / "v21"
             write_v21(root, legacy)
             root = legacy
-        if out.exists():
-            shutil.rmtree(out) if force else out.rmdir()
-        os.replace(root, out)
+        # An existing OUT (--force) is moved aside first: a crash never loses both datasets.
+        publish_folder(root, out, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -33,6 +33,7 @@ from piperctl.checkpoints.format import (
 from piperctl.checkpoints.model import load_weights, policy_from_config, save_model_files
 from piperctl.errors import PiperctlError
 from piperctl.faults import maybe_crash
+from piperctl.fs import first_line
 from piperctl.training import rng
 from piperctl.training.data import isolated_rng
 from piperctl.training.distributed import Dist
@@ -234,7 +235,7 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
         opt_state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the file is not a plain state dict
         raise PiperctlError(
-            f"{path} cannot be loaded safely ({str(e).splitlines()[0]})",
+            f"{path} cannot be loaded safely ({first_line(e)})",
             hint="the file is damaged or not a plain optimizer state; pick another checkpoint",
         ) from e
     try:
