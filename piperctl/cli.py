@@ -116,7 +116,7 @@ def dataset_synth(
         bool,
         typer.Option(
             "--env-state",
-            help="Also record observation.environment_state (cube xyz, bin xy): ACT and diffusion then train without cameras.",
+            help="Also record observation.environment_state (the cube's xyz): ACT and diffusion then train without cameras.",
         ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is not empty.")] = False,

@@ -14,6 +14,10 @@ import pytest
 # Never reach the network, and keep lerobot's Arrow cache out of the user's home.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PIPERCTL_TEST", "1")
+# One OpenMP thread per process (inherited by the `piperctl` subprocesses): the tests' models are tiny,
+# and on a busy 2-core machine torch's threads spin-wait against each other (an 8-step tiny run took
+# 12.6 s with 2 threads, 3.0 s with 1). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # An ACT small enough to train a step in well under a second on CPU; on `tiny_ds` (no camera) it has no
 # vision backbone at all, on a camera dataset its ResNet-18 starts from scratch (offline).

