@@ -47,6 +47,9 @@ echo "== 5. list and verify the run's checkpoints"
 
 echo "== 6. evaluate the policy open-loop on its held-out episodes, beside the 'hold' and 'repeat' baselines"
 "$PIPERCTL" eval "$RUN" --dataset-root "$DATA" --plots "$PLOTS" --report "$DEMO_DIR/eval.json"
+echo "(A $STEPS-step CPU run is a check of the pipeline, not a trained policy: 'hold' = stay where the arm"
+echo " is, a strong baseline at 30 fps. Beating it takes a real training run: see 'Reading the verdict'"
+echo " in docs/export-eval.md.)"
 
 echo "== 7. export it in lerobot's pretrained_model layout (best checkpoint, model card with the eval table)"
 "$PIPERCTL" export "$RUN" "$EXPORT" --eval-report "$DEMO_DIR/eval.json"
