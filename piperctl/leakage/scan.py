@@ -95,6 +95,7 @@ def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[p
         idx_null=idx.null_count(),
         ts_null=pl.col("timestamp").null_count(),
         ts_max_dev=pl.col("_dev").max(),
+        ts_off_max=(ts - fi.cast(pl.Float64) * period).abs().max(),
         ts_steps=pl.col("_dts").count(),
         ts_step_sum=pl.col("_dts").sum(),
         ts_step_sq=(pl.col("_dts") * pl.col("_dts")).sum(),
