@@ -1,12 +1,17 @@
 """Benchmark `piperctl leakage` at 1M and 10M frames against the pyarrow read floor and lerobot-doctor.
 
 Generates LeRobot v3.0 datasets directly with pyarrow under bench/_work (7-dim float32 state and
-action, episodes of 300-700 frames, ~100 MB data files as lerobot writes them), then runs every tool
-in its own subprocess and reads that process's peak RSS and CPU time from wait4(). Prints one table.
+action, episodes of 300-700 frames, ~100 MB data files as lerobot writes them) in each parquet
+layout asked for (`--layouts`): one row group per episode as lerobot 0.6.1 writes (`episode-*`) or
+one per file (`large-*`), vectors as `list<float>` (`*-list`) or `fixed_size_list<float>`
+(`*-fixed`); the same values in every layout. Then runs every tool in its own subprocess and reads
+that process's wall time, CPU time and peak RSS from wait4(). Prints one table with wall and CPU
+ratios to the pyarrow read of the same columns, and whether the reports of the layouts are identical.
 This process stays small (generation runs in a child too): Linux carries a parent's RSS high-water
 mark across fork+exec into the child's ru_maxrss, which would inflate every figure.
 
-    .venv/bin/python bench/leakage_scale.py [--sizes 1000000,10000000] [--no-doctor]
+    .venv/bin/python bench/leakage_scale.py [--sizes 1000000,10000000]
+        [--layouts episode-list,episode-fixed,large-fixed] [--tools floor,minimal,full,doctor] [--delete]
 """
 
 from __future__ import annotations
@@ -188,7 +193,17 @@ def doctor_exe() -> tuple[str | None, str]:
     if exe.exists():
         return str(exe), "installed"
     probe = subprocess.run(
-        [PY, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WORK / "doctor-probe"), "lerobot-doctor"],
+        [
+            PY,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(WORK / "doctor-probe"),
+            "lerobot-doctor==0.2.0",
+        ],
         capture_output=True,
         text=True,
     )
@@ -196,7 +211,9 @@ def doctor_exe() -> tuple[str | None, str]:
         return None, "lerobot-doctor is not available from the package index here; no figures"
     venv.create(env_dir, with_pip=True)
     inst = subprocess.run(
-        [str(env_dir / "bin" / "pip"), "install", "-q", "lerobot-doctor"], capture_output=True, text=True
+        [str(env_dir / "bin" / "pip"), "install", "-q", "lerobot-doctor==0.2.0"],
+        capture_output=True,
+        text=True,
     )
     if inst.returncode != 0 or not exe.exists():
         return None, f"lerobot-doctor failed to install: {inst.stderr.strip()[-200:]}"
