@@ -112,6 +112,18 @@ def test_table_output_and_markdown(faulty: Path, tmp_path: Path, capsys: pytest.
     assert "frame_index repeats" in text
 
 
+def test_progress_counts_frames_and_no_progress_is_silent(
+    clean: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal the bar logs frames read (start and end); --no-progress adds nothing to stderr."""
+    code, out, err = run_cli(["leakage", "full", clean, "--json"], capsys)
+    frames = _json(out)["frames"]
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 0 and lines[0].endswith(f": 0/{frames}") and lines[-1].endswith(f": {frames}/{frames}")
+    code, out, err = run_cli(["leakage", "full", clean, "--json", "--no-progress"], capsys)
+    assert code == 0 and err.strip() == "" and _json(out)["frames"] == frames
+
+
 def test_split_option_overrides_info(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["leakage", clean, "--json", "--split", "train=0:3", "--split", "val=2:4"], capsys)
     doc = _json(out)

@@ -135,11 +135,15 @@ def test_wall_clock_timestamps_name_the_retime_fix(tmp_path: Path) -> None:
     fi = df["frame_index"].to_numpy()
     wall = fi / FPS + np.concatenate([[0.0], rng.normal(0, 0.004, df.height - 1)])
     wall[fi == 0] = 0.0
-    root = write(tmp_path / "ds", df.with_columns(timestamp=pl.Series(wall.astype(np.float32))))
+    root = write(tmp_path / "cr5 v30", df.with_columns(timestamp=pl.Series(wall.astype(np.float32))))
     check = DatasetLeakageTester(root, progress=False).run_minimal_tests().check("timestamps")
     assert check.status == "fail"
-    assert "piperctl dataset convert SRC OUT --retime" in check.summary
-    assert check.to_dict()["fix"] == "piperctl dataset convert SRC OUT --retime"
+    # The fix names the command and where the retimed copy goes: beside the dataset, never over it.
+    command = f"piperctl dataset convert '{root}' '{tmp_path / 'cr5 v30_retimed'}' --retime"
+    assert "piperctl dataset convert SRC OUT --retime" in check.summary and command in check.summary
+    assert check.to_dict()["fix"] == command
+    jitter = [f for f in check.findings if f.kind == "jitter"]
+    assert jitter and all(f.extra["fix"] == command for f in jitter)
     # Timestamps that are frame_index / fps need no retiming, and the fix is not offered.
     clean = DatasetLeakageTester(write(tmp_path / "clean", df), progress=False).run_minimal_tests()
     assert "fix" not in clean.check("timestamps").to_dict()

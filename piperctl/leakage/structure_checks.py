@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import polars as pl
 
 from piperctl.leakage.layout import Layout
@@ -303,7 +305,7 @@ def check_timestamps(layout: Layout, eps: pl.DataFrame, tolerance_s: float) -> C
         ]
     )
     _add_step_statistics(res, eps, period)
-    _name_retime(res, eps, tolerance_s)
+    _name_retime(res, eps, tolerance_s, layout)
     worst = eps["ts_max_dev"].max() if eps.height else None
     res.extra["max_step_error_s"] = None if worst is None else float(worst)  # type: ignore[arg-type]
     res.note = f"steps of 1/{layout.fps:g} s within {tolerance_s:g} s" + (
@@ -315,7 +317,14 @@ def check_timestamps(layout: Layout, eps: pl.DataFrame, tolerance_s: float) -> C
 RETIME = "piperctl dataset convert SRC OUT --retime"
 
 
-def _name_retime(res: CheckResult, eps: pl.DataFrame, tolerance_s: float) -> None:
+def retime_command(layout: Layout) -> str:
+    """The retime fix for this dataset: a copy in `<name>_retimed` beside it, the original untouched."""
+    root = layout.root
+    out = root.with_name(f"{root.name}_retimed")
+    return f"piperctl dataset convert {shlex.quote(str(root))} {shlex.quote(str(out))} --retime"
+
+
+def _name_retime(res: CheckResult, eps: pl.DataFrame, tolerance_s: float, layout: Layout) -> None:
     """When the faulty timestamps are not frame_index / fps (wall-clock times, say), name the fix."""
     steps = [f for f in res.findings if f.kind in ("not_monotonic", "gap", "jitter")]
     if not steps:
@@ -324,15 +333,16 @@ def _name_retime(res: CheckResult, eps: pl.DataFrame, tolerance_s: float) -> Non
     off = eps.filter(pl.col("episode_index").is_in(ids))["ts_off_max"].max()
     if off is None or float(off) <= tolerance_s:  # type: ignore[arg-type]
         return
+    command = retime_command(layout)
     fix = (
         f"timestamps up to {float(off):.3g} s off frame_index / fps — if each row is one video frame, "  # type: ignore[arg-type]
-        f"`{RETIME}` rewrites them as frame_index / fps"
+        f"`{RETIME}` rewrites them as frame_index / fps: `{command}`"
     )
     steps[0].message += f"; {fix}"
     for f in steps:
-        f.extra["fix"] = RETIME
+        f.extra["fix"] = command
     res.extra["max_offset_s"] = float(off)  # type: ignore[arg-type]
-    res.extra["fix"] = RETIME
+    res.extra["fix"] = command
 
 
 def _add_step_statistics(res: CheckResult, eps: pl.DataFrame, period: float) -> None:
