@@ -1,12 +1,17 @@
 """Benchmark `piperctl leakage` at 1M and 10M frames against the pyarrow read floor and lerobot-doctor.
 
 Generates LeRobot v3.0 datasets directly with pyarrow under bench/_work (7-dim float32 state and
-action, episodes of 300-700 frames, ~100 MB data files as lerobot writes them), then runs every tool
-in its own subprocess and reads that process's peak RSS and CPU time from wait4(). Prints one table.
+action, episodes of 300-700 frames, ~100 MB data files as lerobot writes them) in each parquet
+layout asked for (`--layouts`): one row group per episode as lerobot 0.6.1 writes (`episode-*`) or
+one per file (`large-*`), vectors as `list<float>` (`*-list`) or `fixed_size_list<float>`
+(`*-fixed`); the same values in every layout. Then runs every tool in its own subprocess and reads
+that process's wall time, CPU time and peak RSS from wait4(). Prints one table with wall and CPU
+ratios to the pyarrow read of the same columns, and whether the reports of the layouts are identical.
 This process stays small (generation runs in a child too): Linux carries a parent's RSS high-water
 mark across fork+exec into the child's ru_maxrss, which would inflate every figure.
 
-    .venv/bin/python bench/leakage_scale.py [--sizes 1000000,10000000] [--no-doctor]
+    .venv/bin/python bench/leakage_scale.py [--sizes 1000000,10000000]
+        [--layouts episode-list,episode-fixed,large-fixed] [--tools floor,minimal,full,doctor] [--delete]
 """
 
 from __future__ import annotations
@@ -44,17 +49,26 @@ def _lengths(frames: int, rng) -> list[int]:  # type: ignore[no-untyped-def]
     return out
 
 
-def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
-    """Write a clean v3.0 dataset of `frames` frames (reused when already there)."""
+def generate(path: Path, frames: int, layout: str = "episode-list", fps: int = 30, seed: int = 0) -> Path:
+    """Write a clean v3.0 dataset of `frames` frames in `layout` (reused when already there).
+
+    The same `frames` and `seed` give the same values in every layout; only the parquet layout differs.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def _fsl(a: np.ndarray) -> pa.FixedSizeListArray:
-        return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
+    row_groups, lists = layout.split("-")
+
+    def _vec(a: np.ndarray) -> pa.Array:
+        values = pa.array(a.reshape(-1))
+        if lists == "fixed":
+            return pa.FixedSizeListArray.from_arrays(values, a.shape[1])
+        offsets = pa.array(np.arange(0, a.size + 1, a.shape[1], dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, values)
 
     marker = path / ".complete"
-    if marker.is_file() and marker.read_text() == f"{frames},{seed},piper-limits":
+    if marker.is_file() and marker.read_text() == f"{frames},{seed},{layout},piper-limits":
         return path
     shutil.rmtree(path, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -84,8 +98,8 @@ def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
         action = state + (rng.normal(0, 0.001, (n, 7)) * SPAN_).astype(np.float32)
         table = pa.table(
             {
-                "observation.state": _fsl(state.astype(np.float32)),
-                "action": _fsl(action.astype(np.float32)),
+                "observation.state": _vec(state.astype(np.float32)),
+                "action": _vec(action.astype(np.float32)),
                 "timestamp": pa.array((fi / fps).astype(np.float32)),
                 "frame_index": pa.array(fi.astype(np.int64)),
                 "episode_index": pa.array(ep_ids.astype(np.int64)),
@@ -93,7 +107,14 @@ def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
                 "task_index": pa.array(np.zeros(n, dtype=np.int64)),
             }
         )
-        pq.write_table(table, path / "data" / "chunk-000" / f"file-{file_index:03d}.parquet")
+        out = path / "data" / "chunk-000" / f"file-{file_index:03d}.parquet"
+        if row_groups == "episode":
+            # lerobot 0.6.1 appends each episode to the open file: one row group per episode.
+            with pq.ParquetWriter(out, table.schema) as writer:
+                for first, length in zip(np.cumsum([0, *group[:-1]]), group, strict=True):
+                    writer.write_table(table.slice(int(first), length))
+        else:
+            pq.write_table(table, out)
         offset = start
         for i, length in enumerate(group):
             meta_rows.append(
@@ -140,12 +161,12 @@ def generate(path: Path, frames: int, fps: int = 30, seed: int = 0) -> Path:
         },
     }
     (path / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    marker.write_text(f"{frames},{seed},piper-limits")
+    marker.write_text(f"{frames},{seed},{layout},piper-limits")
     return path
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float, int, str]:
-    """Run `cmd`; returns (wall s, CPU s, peak RSS MB of that process, exit code, output tail)."""
+    """Run `cmd`; returns (wall s, CPU s, peak RSS MB of that process, exit code, its output)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
@@ -154,7 +175,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, f
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
-    return wall, cpu, usage.ru_maxrss / 1024, proc.returncode, output.decode(errors="replace")[-600:]
+    return wall, cpu, usage.ru_maxrss / 1024, proc.returncode, output.decode(errors="replace")
 
 
 _FLOOR = """
@@ -162,6 +183,16 @@ import sys, pyarrow.parquet as pq, pathlib
 cols = sys.argv[2].split(',')
 for f in sorted(pathlib.Path(sys.argv[1], 'data').glob('**/*.parquet')):
     pq.read_table(f, columns=cols)
+"""
+
+# The cheapest pyarrow read we know of for files of many small row groups: read_table threads over
+# row groups and pays per group, iter_batches streams them (3.4x less CPU on one row group per episode).
+_FLOOR_BATCHES = """
+import sys, pyarrow.parquet as pq, pathlib
+cols = sys.argv[2].split(',')
+for f in sorted(pathlib.Path(sys.argv[1], 'data').glob('**/*.parquet')):
+    for _ in pq.ParquetFile(f, pre_buffer=False).iter_batches(batch_size=131072, columns=cols):
+        pass
 """
 
 
@@ -172,7 +203,17 @@ def doctor_exe() -> tuple[str | None, str]:
     if exe.exists():
         return str(exe), "installed"
     probe = subprocess.run(
-        [PY, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WORK / "doctor-probe"), "lerobot-doctor"],
+        [
+            PY,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(WORK / "doctor-probe"),
+            "lerobot-doctor==0.2.0",
+        ],
         capture_output=True,
         text=True,
     )
@@ -180,78 +221,162 @@ def doctor_exe() -> tuple[str | None, str]:
         return None, "lerobot-doctor is not available from the package index here; no figures"
     venv.create(env_dir, with_pip=True)
     inst = subprocess.run(
-        [str(env_dir / "bin" / "pip"), "install", "-q", "lerobot-doctor"], capture_output=True, text=True
+        [str(env_dir / "bin" / "pip"), "install", "-q", "lerobot-doctor==0.2.0"],
+        capture_output=True,
+        text=True,
     )
     if inst.returncode != 0 or not exe.exists():
         return None, f"lerobot-doctor failed to install: {inst.stderr.strip()[-200:]}"
     return str(exe), "installed"
 
 
+LAYOUTS = ("episode-list", "episode-fixed", "large-list", "large-fixed")
+
+
+def _floor_name(name: str) -> str:
+    return (
+        "pyarrow read, full columns"
+        if "full" in name or name == "lerobot-doctor"
+        else "pyarrow read, minimal columns"
+    )
+
+
 def main() -> None:
     """Generate, run, print the side-by-side table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated frame counts")
+    ap.add_argument(
+        "--layouts",
+        default="episode-list,episode-fixed,large-fixed",
+        help=f"comma-separated parquet layouts, ROWGROUPS-LISTS: {', '.join(LAYOUTS)} (episode: one row "
+        "group per episode as lerobot 0.6.1 writes; large: one row group per file; list: list<float> "
+        "vectors; fixed: fixed_size_list<float>)",
+    )
+    ap.add_argument(
+        "--tools", default="floor,minimal,full,doctor", help="which of floor,minimal,full,doctor to run"
+    )
     ap.add_argument("--no-doctor", action="store_true", help="skip lerobot-doctor")
-    ap.add_argument("--generate", nargs=2, metavar=("FRAMES", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--delete", action="store_true", help="delete each dataset after its runs")
+    ap.add_argument("--generate", nargs=3, metavar=("FRAMES", "LAYOUT", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
-        generate(Path(args.generate[1]), int(args.generate[0]))
+        generate(Path(args.generate[2]), int(args.generate[0]), args.generate[1])
         return
     sizes = [int(s) for s in args.sizes.split(",")]
+    layouts = args.layouts.split(",")
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad:
+        ap.error(f"unknown layout(s) {', '.join(bad)}; use {', '.join(LAYOUTS)}")
+    tools = set(args.tools.split(","))
     WORK.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     print(
         f"cpus available: {len(os.sched_getaffinity(0))}, polars threads: {os.environ.get('POLARS_MAX_THREADS', 'auto')}"
     )
-    doctor, doctor_note = (None, "skipped (--no-doctor)") if args.no_doctor else doctor_exe()
-    rows: list[tuple[str, str, float, float, float, str]] = []
+    wants_doctor = "doctor" in tools and not args.no_doctor
+    doctor, doctor_note = doctor_exe() if wants_doctor else (None, "skipped")
+    rows: list[tuple[str, str, str, float, float, float, str]] = []
+    reports: dict[tuple[str, str], str] = {}
     for frames in sizes:
-        t0 = time.perf_counter()
-        ds = WORK / f"ds_{frames}"
-        subprocess.run([PY, __file__, "--generate", str(frames), str(ds)], check=True)
-        size_mb = sum(f.stat().st_size for f in (ds / "data").glob("**/*.parquet")) / 1e6
-        print(
-            f"dataset {ds.name}: {frames:,} frames, {size_mb:.0f} MB of parquet (ready in {time.perf_counter() - t0:.1f} s)"
-        )
         label = f"{frames / 1e6:g}M"
-        runs = {
-            "pyarrow read, minimal columns": [PY, "-c", _FLOOR, str(ds), ",".join(MINIMAL_COLUMNS)],
-            "piperctl leakage minimal": [PIPERCTL, "leakage", "minimal", str(ds), "--json", "--no-progress"],
-            "pyarrow read, full columns": [PY, "-c", _FLOOR, str(ds), ",".join(FULL_COLUMNS)],
-            "piperctl leakage full": [PIPERCTL, "leakage", "full", str(ds), "--json", "--no-progress"],
-        }
-        if doctor and frames <= 1_000_000:
-            runs["lerobot-doctor"] = [doctor, str(ds)]
-        for name, cmd in runs.items():
-            wall, cpu, rss, code, tail = measure(cmd, env)
-            ok = code == 0 or (name == "lerobot-doctor" and code in (0, 1))
-            note = "" if ok else f"exit {code}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
-            rows.append((label, name, wall, cpu, rss, note))
-            load = os.getloadavg()[0]
+        for layout in layouts:
+            t0 = time.perf_counter()
+            ds = WORK / f"ds_{frames}_{layout}"
+            subprocess.run([PY, __file__, "--generate", str(frames), layout, str(ds)], check=True)
+            size_mb = sum(f.stat().st_size for f in (ds / "data").glob("**/*.parquet")) / 1e6
             print(
-                f"  {name:32s} {wall:7.2f} s wall {cpu:7.2f} s cpu {rss:7.0f} MB  (load {load:.1f}) {note}",
-                flush=True,
+                f"dataset {ds.name}: {frames:,} frames, {size_mb:.0f} MB of parquet "
+                f"(ready in {time.perf_counter() - t0:.1f} s)"
             )
+            runs: dict[str, list[str]] = {}
+            if "floor" in tools and "minimal" in tools:
+                runs["pyarrow read, minimal columns"] = [PY, "-c", _FLOOR, str(ds), ",".join(MINIMAL_COLUMNS)]
+                runs["pyarrow batches, minimal columns"] = [
+                    PY,
+                    "-c",
+                    _FLOOR_BATCHES,
+                    str(ds),
+                    ",".join(MINIMAL_COLUMNS),
+                ]
+            if "minimal" in tools:
+                runs["piperctl leakage minimal"] = [
+                    PIPERCTL,
+                    "leakage",
+                    "minimal",
+                    str(ds),
+                    "--json",
+                    "--no-progress",
+                ]
+            if "floor" in tools and "full" in tools:
+                runs["pyarrow read, full columns"] = [PY, "-c", _FLOOR, str(ds), ",".join(FULL_COLUMNS)]
+                runs["pyarrow batches, full columns"] = [
+                    PY,
+                    "-c",
+                    _FLOOR_BATCHES,
+                    str(ds),
+                    ",".join(FULL_COLUMNS),
+                ]
+            if "full" in tools:
+                runs["piperctl leakage full"] = [
+                    PIPERCTL,
+                    "leakage",
+                    "full",
+                    str(ds),
+                    "--json",
+                    "--no-progress",
+                ]
+            if doctor and frames <= 1_000_000 and layout.startswith("episode"):
+                runs["lerobot-doctor"] = [doctor, str(ds)]
+            for name, cmd in runs.items():
+                wall, cpu, rss, code, out = measure(cmd, env)
+                ok = code == 0 or (name == "lerobot-doctor" and code in (0, 1))
+                note = "" if ok else f"exit {code}: {out.strip().splitlines()[-1] if out.strip() else ''}"
+                if name.startswith("piperctl") and ok:
+                    report = json.loads(out)
+                    report.pop("root", None)
+                    report.pop("dataset", None)
+                    reports[(label, name + layout)] = json.dumps(report, sort_keys=True)
+                    if report["status"] != "pass":
+                        note = f"status {report['status']} on a clean dataset"
+                rows.append((label, layout, name, wall, cpu, rss, note))
+                print(
+                    f"  {layout:14s} {name:32s} {wall:7.2f} s wall {cpu:7.2f} s cpu {rss:7.0f} MB  "
+                    f"(load {os.getloadavg()[0]:.1f}) {note}",
+                    flush=True,
+                )
+            if args.delete:
+                shutil.rmtree(ds, ignore_errors=True)
     print()
     print(f"lerobot-doctor: {doctor_note}")
     print()
     print(
-        f"{'frames':>6}  {'tool':32s} {'wall s':>7} {'cpu s':>7} {'peak RSS MB':>11} {'x floor':>8} {'doctor/us':>9}"
+        f"{'frames':>6}  {'layout':14s} {'tool':32s} {'wall s':>7} {'cpu s':>7} {'peak RSS MB':>11} "
+        f"{'x floor wall':>12} {'x floor cpu':>11} {'x batches cpu':>13} {'doctor/us wall':>14}"
     )
-    for label, name, wall, cpu, rss, note in rows:
-        same = {n: w for lb, n, w, _, _, _ in rows if lb == label}
-        floor = same.get(
-            "pyarrow read, full columns"
-            if "full" in name or name == "lerobot-doctor"
-            else "pyarrow read, minimal columns"
-        )
-        ratio = f"{wall / floor:8.1f}" if floor and not name.startswith("pyarrow") else " " * 8
+    for label, layout, name, wall, cpu, rss, note in rows:
+        same = {n: (w, c) for lb, la, n, w, c, _, _ in rows if lb == label and la == layout}
+        floor = same.get(_floor_name(name))
+        show = floor and not name.startswith("pyarrow")
+        ratio_w = f"{wall / floor[0]:12.2f}" if show else " " * 12
+        ratio_c = f"{cpu / floor[1]:11.2f}" if show else " " * 11
+        batches = same.get(_floor_name(name).replace("read", "batches"))
+        ratio_b = f"{cpu / batches[1]:13.2f}" if batches and not name.startswith("pyarrow") else " " * 13
         doc = same.get("lerobot-doctor")
-        vs = f"{doc / wall:9.1f}" if doc and name.startswith("piperctl") else " " * 9
-        print(f"{label:>6}  {name:32s} {wall:7.2f} {cpu:7.2f} {rss:11.0f} {ratio} {vs} {note}")
+        vs = f"{doc[0] / wall:14.1f}" if doc and name.startswith("piperctl") else " " * 14
+        print(
+            f"{label:>6}  {layout:14s} {name:32s} {wall:7.2f} {cpu:7.2f} {rss:11.0f} {ratio_w} {ratio_c} {ratio_b} {vs} {note}"
+        )
     print(
-        "\nx floor: wall time over the pyarrow read of the same columns; doctor/us: lerobot-doctor wall over ours."
+        "\nx floor: time over the pyarrow read (read_table) of the same columns; x batches: CPU over pyarrow's "
+        "iter_batches of the same columns; doctor/us: lerobot-doctor wall over ours."
     )
+    # The same data in every layout must give the same report.
+    for label in dict.fromkeys(r[0] for r in rows):
+        for mode in ("piperctl leakage minimal", "piperctl leakage full"):
+            found = {la: reports[(label, mode + la)] for la in layouts if (label, mode + la) in reports}
+            if len(found) > 1:
+                same = len(set(found.values())) == 1
+                print(f"{label} {mode}: reports of {', '.join(found)} {'identical' if same else 'DIFFER'}")
 
 
 if __name__ == "__main__":

@@ -52,12 +52,13 @@ def _assert_contract(doc: dict, mode: str) -> None:
     assert doc["mode"] == mode and doc["status"] in ("pass", "warn", "fail")
     assert isinstance(doc["dataset"], str)
     for c in doc["checks"]:
-        assert isinstance(c["name"], str) and c["status"] in ("pass", "warn", "fail")
+        assert isinstance(c["name"], str) and c["status"] in ("pass", "skip", "warn", "fail")
         assert isinstance(c["count"], int) and isinstance(c["summary"], str) and c["summary"]
         assert isinstance(c["episodes"], list) and all(isinstance(e, int) for e in c["episodes"])
         assert c["count"] >= len(c["episodes"])
-    ranks = {"pass": 0, "warn": 1, "fail": 2}
-    assert doc["status"] == max((c["status"] for c in doc["checks"]), key=ranks.__getitem__)
+    ranks = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
+    statuses = ["pass" if c["status"] == "skip" else c["status"] for c in doc["checks"]]
+    assert doc["status"] == max(statuses, key=ranks.__getitem__)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,18 @@ def test_table_output_and_markdown(faulty: Path, tmp_path: Path, capsys: pytest.
     text = md.read_text()
     assert "| Frame index continuity | FAIL | 1 | 2 |" in text
     assert "frame_index repeats" in text
+
+
+def test_progress_counts_frames_and_no_progress_is_silent(
+    clean: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal the bar logs frames read (start and end); --no-progress adds nothing to stderr."""
+    code, out, err = run_cli(["leakage", "full", clean, "--json"], capsys)
+    frames = _json(out)["frames"]
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 0 and lines[0].endswith(f": 0/{frames}") and lines[-1].endswith(f": {frames}/{frames}")
+    code, out, err = run_cli(["leakage", "full", clean, "--json", "--no-progress"], capsys)
+    assert code == 0 and err.strip() == "" and _json(out)["frames"] == frames
 
 
 def test_split_option_overrides_info(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:

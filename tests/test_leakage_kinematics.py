@@ -226,9 +226,12 @@ def test_action_state_skipped_when_names_differ(tmp_path: Path) -> None:
     info = json.loads((root / "meta" / "info.json").read_text())
     info["features"]["action"]["names"] = ["shoulder_pan", "a", "b", "c", "d", "e", "f"]
     (root / "meta" / "info.json").write_text(json.dumps(info))
-    check = _full(root).check("action_state")
-    assert check.status == "pass" and check.summary.startswith("skipped: ")
-    assert check.to_dict()["skipped"] == check.summary
+    report = _full(root)
+    check = report.check("action_state")
+    # A check that looked at nothing is SKIP, never PASS, and never fails the run.
+    assert check.status == "skip" and check.summary.startswith("skipped: ")
+    assert check.to_dict()["skipped"] == check.summary and check.to_dict()["status"] == "skip"
+    assert report.status == "pass" and not report.failed("warn")
 
 
 def test_short_episodes_and_chunk_size(tmp_path: Path) -> None:

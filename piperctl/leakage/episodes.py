@@ -5,13 +5,15 @@ from __future__ import annotations
 import polars as pl
 
 from piperctl.leakage.layout import Layout
-from piperctl.leakage.scan import _collect, batches
+from piperctl.leakage.reader import read_episode_rows
+from piperctl.leakage.scan import list_widths
 
 
 def read_episodes(layout: Layout, runs: pl.DataFrame, ids: list[int], columns: list[str]) -> pl.DataFrame:
     """`columns` of every frame of the episodes `ids`, sorted by episode and frame_index.
 
-    Only the files that hold those episodes (from the scan's per-file runs) are read.
+    Only the files that hold those episodes (from the scan's per-file runs) are read, and of those
+    only the row groups whose statistics may hold them.
     """
     if not ids:
         return pl.DataFrame()
@@ -24,8 +26,5 @@ def read_episodes(layout: Layout, runs: pl.DataFrame, ids: list[int], columns: l
         "frame_index",
         *[c for c in columns if c not in ("episode_index", "frame_index")],
     ]
-    parts = []
-    for batch in batches(files):
-        q = batch.scan().filter(pl.col("episode_index").is_in(ids)).select(wanted)
-        parts.append(_collect(batch, [q], wanted)[0])
-    return pl.concat(parts, how="vertical_relaxed").sort("episode_index", "frame_index")
+    df = read_episode_rows(files, ids, wanted, list_widths(layout, wanted))
+    return df.sort("episode_index", "frame_index") if df.height else df

@@ -104,10 +104,10 @@ def check_velocity_spikes(ctx: Context) -> CheckResult:
             )
         )
     res.extra["scales"] = scales
+    if not scales:
+        return res.skip("skipped: fewer than 3 episodes with motion")
     res.note = (
         f"no step or change of step over {t.spike_factor:g}x the typical largest, in {len(scales)} dimensions"
-        if scales
-        else "skipped: fewer than 3 episodes with motion"
     )
     return res
 
@@ -237,22 +237,16 @@ def check_action_state(ctx: Context) -> CheckResult:
     res = CheckResult("action_state", "Action-state lag and agreement")
     pairs = ctx.lag_pairs
     if not pairs:
-        res.note = ctx.lag_skip
-        res.extra["skipped"] = ctx.lag_skip
-        return res
+        return res.skip(ctx.lag_skip)
     if "lagsum|0" not in ctx.stats.columns:
-        res.note = f"skipped: {pairs[0][0]} and {pairs[0][2]} are not both float vectors"
-        res.extra["skipped"] = res.note
-        return res
+        return res.skip(f"skipped: {pairs[0][0]} and {pairs[0][2]} are not both float vectors")
     stats = ctx.stats.filter(pl.col("rows") >= max(10, 3 * t.lag_frames))
     k = range(len(pairs))
     num = pl.sum_horizontal([pl.col(f"lagsum|{j}") for j in k])
     den = pl.sum_horizontal([pl.col(f"vsum|{j}") for j in k])
     ratio = stats.select("episode_index", r=pl.when(den > 0).then(num / den)).drop_nulls()
     if ratio.height < MIN_EPISODES:
-        res.note = "skipped: fewer than 3 episodes in which the state moves"
-        res.extra["skipped"] = res.note
-        return res
+        return res.skip("skipped: fewer than 3 episodes in which the state moves")
     # |action(t) - state(t+1)| over |state step| is about |lag - 1| frames for smooth motion.
     typical = float(ratio["r"].median())  # type: ignore[arg-type]
     suspects = ratio.filter(pl.col("r") > typical + t.lag_frames / 2).sort("r", descending=True)

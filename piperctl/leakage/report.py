@@ -10,7 +10,7 @@ from rich.table import Table
 
 from piperctl.leakage.result import LeakageReport, ids_text
 
-_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+_STYLE = {"pass": "green", "skip": "dim", "warn": "yellow", "fail": "bold red"}
 
 
 def _header(report: LeakageReport) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Status = Literal["pass", "warn", "fail"]
-STATUS_RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
+Status = Literal["pass", "skip", "warn", "fail"]
+# A skipped check found nothing because it looked at nothing: it never fails a run, whatever --fail-on.
+STATUS_RANK: dict[str, int] = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
 MAX_LISTED = 1000  # the contract lists the first 1000 episodes/findings; `count` keeps the total
 
 
 def worst(statuses: list[str]) -> Status:
-    """The most severe of `statuses` ("pass" when empty)."""
-    return max(statuses, key=STATUS_RANK.__getitem__, default="pass")  # type: ignore[return-value]
+    """The most severe of `statuses` ("pass" when empty; "skip" counts as "pass")."""
+    ranked = ["pass" if s == "skip" else s for s in statuses]
+    return max(ranked, key=STATUS_RANK.__getitem__, default="pass")  # type: ignore[return-value]
 
 
 @dataclass
@@ -45,10 +47,18 @@ class CheckResult:
     findings: list[Finding] = field(default_factory=list)
     note: str = ""  # said in the summary when the check passes (what was checked)
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: str = ""  # why the check could not run ("skipped: ..."); its status is then "skip"
+
+    def skip(self, reason: str) -> CheckResult:
+        """Mark the check as not run, for `reason` (a line starting with "skipped: ")."""
+        self.skipped = reason
+        return self
 
     @property
     def status(self) -> Status:
-        """The most severe status among the findings."""
+        """The most severe status among the findings; "skip" when the check could not run."""
+        if not self.findings and self.skipped:
+            return "skip"
         return worst([f.status for f in self.findings])
 
     @property
@@ -65,7 +75,7 @@ class CheckResult:
     def summary(self) -> str:
         """One line: the note when clean, else the first findings' messages."""
         if not self.findings:
-            return self.note or "no problems found"
+            return self.skipped or self.note or "no problems found"
         shown = "; ".join(f.message for f in self.findings[:3])
         more = len(self.findings) - 3
         return f"{shown}; and {more} more finding(s)" if more > 0 else shown
@@ -81,6 +91,7 @@ class CheckResult:
             "episodes": self.episodes[:MAX_LISTED],
             "findings_total": len(self.findings),
             "findings": [f.to_dict() for f in self.findings[:MAX_LISTED]],
+            **({"skipped": self.skipped} if self.skipped else {}),
             **self.extra,
         }
 
@@ -96,7 +107,7 @@ class LeakageReport:
 
     @property
     def status(self) -> Status:
-        """The most severe status over all checks."""
+        """The most severe status over all checks (skipped checks count as passed)."""
         return worst([c.status for c in self.checks])
 
     def failed(self, fail_on: str = "fail") -> bool:

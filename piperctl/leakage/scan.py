@@ -1,20 +1,22 @@
-"""Streaming Polars scans over the data files: per-episode aggregates and frame hashes, batch by batch."""
+"""Polars queries over the data, batch by batch: per-episode aggregates, frame hashes, frozen runs."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from piperctl.errors import PiperctlError
 from piperctl.leakage.layout import STRUCT_COLUMNS, DataFile, Layout, one_line
+from piperctl.leakage.reader import Batch, concat_parts, fixed_lists, iter_batches, read_rows
 
 STATE_FEATURES = ("observation.state", "state", "observation.states")
-BATCH_ROWS = 1_000_000  # rows per query: big enough to amortise planning, small enough to show progress
-MATERIALIZE_FILES = 4  # batches of more files are read into memory before querying
+BATCH_ROWS = 1_000_000  # rows per batch: big enough to amortise planning, small enough to bound memory
+HASH_SORT = 16_000_000  # frame hashes sorted at once when looking for repeated content (128 MB)
 _FROZEN_SCHEMA = {
     "episode_index": pl.Int64,
     "feature": pl.String,
@@ -33,59 +35,13 @@ ep, fi, idx = pl.col("episode_index"), pl.col("frame_index"), pl.col("index")
 _new_run = ((ep != ep.shift(1)) | (pl.col("_file") != pl.col("_file").shift(1))).fill_null(True)
 
 
-@dataclass
-class Batch:
-    """Consecutive data files scanned by one query, and the global row number of its first row."""
-
-    files: list[DataFile]
-    first_row: int
-
-    @property
-    def rows(self) -> int:
-        """Rows in the batch's files."""
-        return sum(f.rows for f in self.files)
-
-    def scan(self) -> pl.LazyFrame:
-        """A lazy scan of the batch with `_file` (the path of each row's file) and `_row` (global row number)."""
-        lf = pl.scan_parquet([f.path for f in self.files], include_file_paths="_file")
-        return lf.with_row_index("_row", offset=self.first_row)
-
-
-def batches(files: list[DataFile], rows_per_batch: int | None = None) -> list[Batch]:
-    """Group consecutive files into batches of about `rows_per_batch` (default BATCH_ROWS) rows."""
-    rows_per_batch = rows_per_batch or BATCH_ROWS
-    out: list[Batch] = []
-    current: list[DataFile] = []
-    first = seen = in_batch = 0
-    for f in files:
-        current.append(f)
-        seen += f.rows
-        in_batch += f.rows
-        if in_batch >= rows_per_batch:
-            out.append(Batch(current, first))
-            current, first, in_batch = [], seen, 0
-    if current:
-        out.append(Batch(current, first))
-    return out
-
-
-def _collect(batch: Batch, queries: list[pl.LazyFrame], columns: list[str]) -> list[pl.DataFrame]:
+def _collect(batch: Batch, queries: list[pl.LazyFrame]) -> list[pl.DataFrame]:
     try:
-        return pl.collect_all(queries, engine="streaming")
-    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as e:
-        raise _culprit(batch, columns, e) from e
-
-
-def _culprit(batch: Batch, columns: list[str], error: Exception) -> PiperctlError:
-    # The query names no file; reading each file of the failed batch finds the broken one.
-    for f in batch.files:
-        try:
-            pq.ParquetFile(f.path).read(columns=columns)
-        except (pa.ArrowException, OSError) as e:
-            return PiperctlError(f"{f.rel}: cannot read the data ({one_line(e)})", exit_code=2)
-    first = one_line(error)
-    names = ", ".join(f.rel for f in batch.files[:3]) + (" …" if len(batch.files) > 3 else "")
-    return PiperctlError(f"{names}: cannot scan the data ({first})", exit_code=2)
+        return pl.collect_all(queries)
+    except (pl.exceptions.PolarsError, pa.ArrowException) as e:
+        # The data was read; a query failing on it is about the values of these files.
+        names = ", ".join(f.rel for f in batch.files[:3]) + (" …" if len(batch.files) > 3 else "")
+        raise PiperctlError(f"{names}: cannot scan the data ({one_line(e)})", exit_code=2) from e
 
 
 def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[pl.LazyFrame, pl.LazyFrame]:
@@ -139,6 +95,7 @@ def structure_query(lf: pl.LazyFrame, fps: float, tolerance_s: float) -> tuple[p
         idx_null=idx.null_count(),
         ts_null=pl.col("timestamp").null_count(),
         ts_max_dev=pl.col("_dev").max(),
+        ts_off_max=(ts - fi.cast(pl.Float64) * period).abs().max(),
         ts_steps=pl.col("_dts").count(),
         ts_step_sum=pl.col("_dts").sum(),
         ts_step_sq=(pl.col("_dts") * pl.col("_dts")).sum(),
@@ -304,10 +261,15 @@ class ScanResult:
 
 
 def _rel_files(df: pl.DataFrame, files: list[DataFile]) -> pl.DataFrame:
-    mapping = {str(f.path): f.rel for f in files}
+    mapping = {k: f.rel for k, f in enumerate(files)}
     return df.with_columns(
-        pl.col("_file").replace_strict(mapping, default=pl.col("_file")).alias("file")
+        pl.col("_file").replace_strict(mapping, return_dtype=pl.String).alias("file")
     ).drop("_file")
+
+
+def list_widths(layout: Layout, features: list[str]) -> dict[str, int]:
+    """The declared number of values of each vector feature (0 when the metadata does not say)."""
+    return {c: len(layout.dim_names.get(c, [])) for c in features}
 
 
 def scan_dataset(
@@ -321,34 +283,27 @@ def scan_dataset(
     lag_pairs: list[tuple[str, int, str, int]] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> ScanResult:
-    """Scan every data file once; `progress(rows)` is called after each batch."""
+    """Read every data file once, in batches of about BATCH_ROWS rows; `progress(rows)` as rows are read."""
     columns = list(STRUCT_COLUMNS) + (features if full else [])
-    all_batches = batches(layout.files)
     content = full and bool(features)
+    widths = list_widths(layout, features)
     bulk_parts, event_parts, stat_parts, frozen_parts, frame_parts = [], [], [], [], []
-    schema = None
-    for batch in all_batches:
-        lf = batch.scan().select([*columns, "_file", "_row"])
-        if len(batch.files) > MATERIALIZE_FILES:
-            # Shift-based queries straight over a scan of many small files (v2.1) run ~10x slower
-            # than over the same rows read once; with few big files the direct scan is cheaper.
-            lf = _collect(batch, [lf], columns)[0].lazy()
-        if schema is None:
-            schema = lf.collect_schema()
+    vectors: list[str] = []
+    for batch in iter_batches(layout.files, columns, widths, BATCH_ROWS, progress):
+        lf = batch.frame.lazy()
+        schema = batch.frame.schema
         queries = list(structure_query(lf, layout.fps, tolerance_s))
         if content:
-            widths = {c: len(layout.dim_names.get(c, [])) for c in features}
             vectors = [c for c in features if is_float_vector(schema[c]) and not c.startswith("next.")]
             queries += list(content_queries(lf, schema, features, frozen_frames, widths, vectors, lag_pairs))
-        results = _collect(batch, queries, columns)
+        results = _collect(batch, queries)
         bulk_parts.append(results[0])
         event_parts.append(results[1])
         if content:
-            frame_parts.append(results[2])
+            frame_parts.append(FrameHashes.of(results[2]))
             stat_parts.append(results[3])
             frozen_parts.append(results[4])
-        del lf
-        progress(batch.rows)
+        del lf, batch
     result = ScanResult(
         episodes=pl.concat(bulk_parts, how="vertical_relaxed"),
         runs=_rel_files(pl.concat(event_parts, how="vertical_relaxed"), layout.files),
@@ -363,15 +318,12 @@ def scan_dataset(
         result.frozen = pl.DataFrame(schema=_FROZEN_SCHEMA)
         result.classes = pl.DataFrame(schema=_CLASSES_SCHEMA)
         return result
-    assert schema is not None
     result.content_stats = _merge_stats(pl.concat(stat_parts, how="vertical_relaxed"))
     result.frozen = pl.concat(frozen_parts, how="vertical_relaxed").sort(
         "episode_index", "feature", "start_frame"
     )
-    result.classes, result.candidate_rows = _exact_classes(
-        all_batches, frame_parts, features, columns, rest_frames
-    )
-    result.vectors = [c for c in features if is_float_vector(schema[c]) and not c.startswith("next.")]
+    result.classes, result.candidate_rows = _exact_classes(layout, frame_parts, features, widths, rest_frames)
+    result.vectors = vectors
     return result
 
 
@@ -390,11 +342,58 @@ def _merge_stats(stats: pl.DataFrame) -> pl.DataFrame:
     return stats.group_by("episode_index").agg(aggs).sort("episode_index")
 
 
+@dataclass
+class FrameHashes:
+    """The content hash of every frame of one batch (rows first_row.. in order) and its `_still` flags."""
+
+    first_row: int
+    hashes: np.ndarray  # uint64, one per row
+    still: np.ndarray  # the `_still` flags, packed 8 to a byte
+
+    @classmethod
+    def of(cls, frames: pl.DataFrame) -> FrameHashes:
+        """From the frames query's result (`_h`, `_row`, `_still` of consecutive rows)."""
+        first = int(frames["_row"][0]) if frames.height else 0
+        return cls(first, frames["_h"].to_numpy(), np.packbits(frames["_still"].to_numpy()))
+
+    def candidates(self, repeated: np.ndarray) -> pl.DataFrame:
+        """`_row` and `_still` of the rows whose hash is in `repeated` (sorted)."""
+        h = self.hashes
+        at = np.minimum(np.searchsorted(repeated, h), len(repeated) - 1)
+        hit = np.nonzero(repeated[at] == h)[0]
+        still = np.unpackbits(self.still, count=len(h)).astype(bool)
+        return pl.DataFrame(
+            {"_row": (hit + self.first_row).astype(np.uint64), "_still": still[hit]},
+            schema={"_row": pl.UInt64, "_still": pl.Boolean},
+        )
+
+
+def repeated_hashes(parts: list[np.ndarray]) -> np.ndarray:
+    """The hash values that occur more than once over all `parts`, sorted.
+
+    Sorting the bare hashes and comparing neighbours finds them fastest (a group-by over millions of
+    keys costs twice as much). Past HASH_SORT values the hashes are sorted bucket by bucket (by their
+    top bits), so that memory holds the hashes once plus one bucket, whatever the dataset's size.
+    """
+    total = sum(len(p) for p in parts)
+    bits = max(0, math.ceil(math.log2(max(total, 1) / HASH_SORT)))
+    found = []
+    for bucket in range(2**bits):
+        if bits:
+            top = np.uint64(64 - bits)
+            values = np.concatenate([p[(p >> top) == bucket] for p in parts])
+        else:
+            values = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        values.sort()
+        found.append(np.unique(values[1:][values[1:] == values[:-1]]))
+    return np.concatenate(found) if found else np.zeros(0, np.uint64)
+
+
 def _exact_classes(
-    all_batches: list[Batch],
-    frame_parts: list[pl.DataFrame],
+    layout: Layout,
+    frame_parts: list[FrameHashes],
     features: list[str],
-    columns: list[str],
+    widths: dict[str, int],
     rest_frames: int = 2,
 ) -> tuple[pl.DataFrame, int]:
     """Frames whose content occurs more than once, grouped into classes of exactly equal content.
@@ -403,29 +402,23 @@ def _exact_classes(
     hash collision can never make two different frames look equal.
     """
     empty = pl.DataFrame(schema=_CLASSES_SCHEMA)
-    # Sorting the bare hashes and comparing neighbours finds the repeated ones fastest (a group-by
-    # over millions of keys costs twice as much); usually there are none, or a few.
-    hashes = pl.concat([p["_h"] for p in frame_parts]).sort()
-    repeated = hashes.filter((hashes == hashes.shift(1)) | (hashes == hashes.shift(-1))).unique()
-    del hashes
-    if repeated.len() == 0:
+    repeated = repeated_hashes([p.hashes for p in frame_parts])
+    if len(repeated) == 0:
         return empty, 0
-    candidates = (
-        pl.concat(frame_parts).filter(pl.col("_h").is_in(repeated.implode())).select("_row", "_still")
-    )
+    candidates = pl.concat([p.candidates(repeated) for p in frame_parts])
     if candidates.height == 0:
         return empty, 0
-    rows = candidates["_row"]
+    rows = np.sort(candidates["_row"].to_numpy().astype(np.int64))
+    starts = np.cumsum([0] + [f.rows for f in layout.files], dtype=np.int64)
+    which = np.searchsorted(starts, rows, side="right") - 1
+    columns = ["episode_index", "frame_index", *features]
     parts = []
-    for batch in all_batches:
-        lo, hi = batch.first_row, batch.first_row + batch.rows
-        wanted = rows.filter((rows >= lo) & (rows < hi))
-        if wanted.len() == 0:
-            continue
-        lf = batch.scan().filter(pl.col("_row").is_in(wanted.implode()))
-        q = lf.select("episode_index", "frame_index", pl.col("_row").cast(pl.UInt64), *features)
-        parts.append(_collect(batch, [q], columns)[0])
-    picked = pl.concat(parts, how="vertical_relaxed").join(candidates, on="_row", how="left")
+    for k in np.unique(which):
+        local = rows[which == k] - starts[k]
+        table = fixed_lists(read_rows(layout.files[k], columns, local), widths)
+        df = pl.from_arrow(table).filter(pl.col("_local").is_in(pl.Series(local).implode()))  # type: ignore[union-attr]
+        parts.append(df.select(*columns, _row=(pl.col("_local") + int(starts[k])).cast(pl.UInt64)))
+    picked = concat_parts(parts).join(candidates, on="_row", how="left")
     classes = (
         picked.group_by(features)
         .agg("episode_index", "frame_index", "_still")

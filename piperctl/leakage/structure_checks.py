@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import polars as pl
 
 from piperctl.leakage.layout import Layout
@@ -16,7 +18,7 @@ def per_episode(episodes: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.col("rows", "fi_null", "idx_null", "ts_null", "ts_steps", "ts_step_sum", "ts_step_sq").sum(),
             pl.col("first_row", "fi_min", "idx_min").min(),
-            pl.col("fi_max", "idx_max", "ts_max_dev").max(),
+            pl.col("fi_max", "idx_max", "ts_max_dev", "ts_off_max").max(),
         )
     )
     counts = [c for c in runs.columns if c not in ("episode_index", "file") and not c.endswith("_at")]
@@ -303,12 +305,44 @@ def check_timestamps(layout: Layout, eps: pl.DataFrame, tolerance_s: float) -> C
         ]
     )
     _add_step_statistics(res, eps, period)
+    _name_retime(res, eps, tolerance_s, layout)
     worst = eps["ts_max_dev"].max() if eps.height else None
     res.extra["max_step_error_s"] = None if worst is None else float(worst)  # type: ignore[arg-type]
     res.note = f"steps of 1/{layout.fps:g} s within {tolerance_s:g} s" + (
         f" (worst {float(worst):.2g} s)" if worst is not None else ""  # type: ignore[arg-type]
     )
     return res
+
+
+RETIME = "piperctl dataset convert SRC OUT --retime"
+
+
+def retime_command(layout: Layout) -> str:
+    """The retime fix for this dataset: a copy in `<name>_retimed` beside it, the original untouched."""
+    root = layout.root
+    out = root.with_name(f"{root.name}_retimed")
+    return f"piperctl dataset convert {shlex.quote(str(root))} {shlex.quote(str(out))} --retime"
+
+
+def _name_retime(res: CheckResult, eps: pl.DataFrame, tolerance_s: float, layout: Layout) -> None:
+    """When the faulty timestamps are not frame_index / fps (wall-clock times, say), name the fix."""
+    steps = [f for f in res.findings if f.kind in ("not_monotonic", "gap", "jitter")]
+    if not steps:
+        return
+    ids = sorted({e for f in steps for e in f.episodes})
+    off = eps.filter(pl.col("episode_index").is_in(ids))["ts_off_max"].max()
+    if off is None or float(off) <= tolerance_s:  # type: ignore[arg-type]
+        return
+    command = retime_command(layout)
+    fix = (
+        f"timestamps up to {float(off):.3g} s off frame_index / fps — if each row is one video frame, "  # type: ignore[arg-type]
+        f"`{RETIME}` rewrites them as frame_index / fps: `{command}`"
+    )
+    steps[0].message += f"; {fix}"
+    for f in steps:
+        f.extra["fix"] = command
+    res.extra["max_offset_s"] = float(off)  # type: ignore[arg-type]
+    res.extra["fix"] = command
 
 
 def _add_step_statistics(res: CheckResult, eps: pl.DataFrame, period: float) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from piperctl.leakage.layout import one_line
 from piperctl.leakage.result import CheckResult, Finding, ids_text, plural
@@ -42,14 +43,14 @@ def _expected_v3(ctx: Context, keys: list[str]) -> tuple[dict[str, dict], list[F
     lengths = dict(layout.episodes.select("episode_index", "length").rows())
     bad_segments: dict[str, list[tuple[int, int, int]]] = {}
     for path in sorted((layout.root / "meta" / "episodes").glob("**/*.parquet")):
-        names = pl.read_parquet_schema(path)
+        names = pq.read_schema(path).names  # polars would read a `[` in the path as a glob
         for key in keys:
             cols = [
                 f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
             ]
             if not all(c in names for c in cols):
                 continue
-            df = pl.read_parquet(path, columns=["episode_index", *cols])
+            df = pl.read_parquet(path, columns=["episode_index", *cols], glob=False)
             for e, ci, fi, t0, t1 in df.rows():
                 if ci is None or fi is None:
                     continue
@@ -116,8 +117,7 @@ def check_videos(ctx: Context) -> CheckResult:
     try:
         import av  # noqa: F401
     except ImportError:  # pragma: no cover - PyAV comes with lerobot
-        res.note = "skipped: PyAV is not installed"
-        return res
+        return res.skip("skipped: PyAV is not installed")
     if layout.version == "v3.0":
         expected, res.findings = _expected_v3(ctx, keys)
     else:
