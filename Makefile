@@ -45,7 +45,8 @@ demo: install
 	HF_HUB_OFFLINE=1 DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	# Two workers, one test file each at a time: module fixtures stay shared within a file.
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not train and not slow"
