@@ -289,42 +289,25 @@ def main() -> None:
                 f"(ready in {time.perf_counter() - t0:.1f} s)"
             )
             runs: dict[str, list[str]] = {}
-            if "floor" in tools and "minimal" in tools:
-                runs["pyarrow read, minimal columns"] = [PY, "-c", _FLOOR, str(ds), ",".join(MINIMAL_COLUMNS)]
-                runs["pyarrow batches, minimal columns"] = [
-                    PY,
-                    "-c",
-                    _FLOOR_BATCHES,
-                    str(ds),
-                    ",".join(MINIMAL_COLUMNS),
-                ]
-            if "minimal" in tools:
-                runs["piperctl leakage minimal"] = [
-                    PIPERCTL,
-                    "leakage",
-                    "minimal",
-                    str(ds),
-                    "--json",
-                    "--no-progress",
-                ]
-            if "floor" in tools and "full" in tools:
-                runs["pyarrow read, full columns"] = [PY, "-c", _FLOOR, str(ds), ",".join(FULL_COLUMNS)]
-                runs["pyarrow batches, full columns"] = [
-                    PY,
-                    "-c",
-                    _FLOOR_BATCHES,
-                    str(ds),
-                    ",".join(FULL_COLUMNS),
-                ]
-            if "full" in tools:
-                runs["piperctl leakage full"] = [
-                    PIPERCTL,
-                    "leakage",
-                    "full",
-                    str(ds),
-                    "--json",
-                    "--no-progress",
-                ]
+            for scan, columns in (("minimal", MINIMAL_COLUMNS), ("full", FULL_COLUMNS)):
+                if "floor" in tools and scan in tools:
+                    runs[f"pyarrow read, {scan} columns"] = [PY, "-c", _FLOOR, str(ds), ",".join(columns)]
+                    runs[f"pyarrow batches, {scan} columns"] = [
+                        PY,
+                        "-c",
+                        _FLOOR_BATCHES,
+                        str(ds),
+                        ",".join(columns),
+                    ]
+                if scan in tools:
+                    runs[f"piperctl leakage {scan}"] = [
+                        PIPERCTL,
+                        "leakage",
+                        scan,
+                        str(ds),
+                        "--json",
+                        "--no-progress",
+                    ]
             if doctor and frames <= 1_000_000 and layout.startswith("episode"):
                 runs["lerobot-doctor"] = [doctor, str(ds)]
             for name, cmd in runs.items():
