@@ -44,7 +44,7 @@ def keeps_on_interrupt(what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _kept_on_interrupt.remove(what)
+        _kept_on_interrupt.pop()  # strictly nested: the innermost is last
 
 
 def interrupted_message() -> str:

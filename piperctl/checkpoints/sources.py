@@ -164,7 +164,7 @@ def resolve_model(path: str | Path, *, final: bool = False) -> ModelSource:
         if (path / fmt.MANIFEST).is_file():
             _require_intact(path, "model", layout.files)
         info = read_model_info(path)
-        step = _lerobot_train_step(path.parent) if path.name == LEROBOT_PRETRAINED else None
+        step = _lerobot_train_step(path.parent) if path.name == fmt.PRETRAINED_DIR else None
         return ModelSource(path, layout, "model", f"the model in {path}", info=info, saved_step=step)
     lerobot = _lerobot_train_checkpoint(path)
     if lerobot is not None:
@@ -175,11 +175,10 @@ def resolve_model(path: str | Path, *, final: bool = False) -> ModelSource:
     )
 
 
-# lerobot-train's output layout (lerobot.utils.constants): RUN/checkpoints/<step:06d>/pretrained_model/,
-# RUN/checkpoints/last -> the newest step, and training_state/training_step.json beside pretrained_model/.
+# lerobot-train's output layout (lerobot.utils.constants): RUN/checkpoints/<step:06d>/pretrained_model/
+# (fmt.PRETRAINED_DIR, the name our final models share), RUN/checkpoints/last -> the newest step, and
+# training_state/training_step.json beside pretrained_model/.
 LEROBOT_CHECKPOINTS = "checkpoints"
-LEROBOT_LAST = "last"
-LEROBOT_PRETRAINED = "pretrained_model"
 LEROBOT_STEP_FILE = "training_state/training_step.json"
 
 
@@ -197,7 +196,7 @@ def _lerobot_train_step(checkpoint: Path) -> int | None:
 
 def _lerobot_train_checkpoint(path: Path) -> ModelSource | None:
     """A lerobot-train run (its newest step), `checkpoints/`, `checkpoints/last` or `checkpoints/<step>`; None otherwise."""
-    if (path / LEROBOT_PRETRAINED / fmt.POLICY_CONFIG).is_file():
+    if (path / fmt.PRETRAINED_DIR / fmt.POLICY_CONFIG).is_file():
         chosen, why = path, "named"
     else:
         steps_dir = path / LEROBOT_CHECKPOINTS if (path / LEROBOT_CHECKPOINTS).is_dir() else path
@@ -206,7 +205,7 @@ def _lerobot_train_checkpoint(path: Path) -> ModelSource | None:
                 (
                     p
                     for p in steps_dir.iterdir()
-                    if p.name.isdigit() and (p / LEROBOT_PRETRAINED / fmt.POLICY_CONFIG).is_file()
+                    if p.name.isdigit() and (p / fmt.PRETRAINED_DIR / fmt.POLICY_CONFIG).is_file()
                 ),
                 key=lambda p: int(p.name),
             )
@@ -216,7 +215,7 @@ def _lerobot_train_checkpoint(path: Path) -> ModelSource | None:
         if not steps:
             return None
         chosen, why = steps[-1], "newest"
-    folder = chosen / LEROBOT_PRETRAINED
+    folder = chosen / fmt.PRETRAINED_DIR
     step = _lerobot_train_step(chosen)
     at = f" (step {step})" if step is not None else ""
     which = "" if why == "named" else ", the run's newest"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import itertools
 import json
@@ -96,10 +97,16 @@ def lerobot_root(root: Path) -> Path:
     root = Path(root)
     if not _GLOB_CHARS & set(str(root.absolute())):
         return root
+    return _glob_free_link(root.resolve())
+
+
+@functools.cache
+def _glob_free_link(target: Path) -> Path:
+    """One link per dataset and process (metadata and dataset are opened separately), removed at exit."""
     view = Path(tempfile.mkdtemp(prefix="piperctl-dataset-view-"))
     atexit.register(shutil.rmtree, view, True)
     link = view / "dataset"
-    link.symlink_to(root.resolve(), target_is_directory=True)
+    link.symlink_to(target, target_is_directory=True)
     return link
 
 
@@ -260,7 +267,6 @@ def with_imagenet_stats(stats: dict, meta: Any) -> dict:
     The default ACT and diffusion backbones were pretrained on ImageNet-normalized images; a camera
     normalized with its own statistics shows them inputs they never saw.
     """
-    import torch
     from lerobot.utils.constants import IMAGENET_STATS
 
     depth = set(getattr(meta, "depth_keys", []) or [])
