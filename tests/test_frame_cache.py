@@ -69,8 +69,21 @@ def test_every_sample_equals_lerobots(video_ds: Path, tmp_path: Path) -> None:
     pads = torch.stack([plain[i][f"{FRONT}_is_pad"] for i in range(len(plain))])
     assert pads.any() and not pads.all()
     assert cached[3][FRONT].shape == (2, 3, 24, 32) and cached[3][WRIST].shape == (3, 24, 32)
+    # Every frame of both cameras decoded is this many bytes; the entries hold them compressed, in less.
     on_disk = sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.frames"))
-    assert cache_size_bytes(plain) == on_disk == 2 * len(plain) * 3 * 24 * 32
+    assert cache_size_bytes(plain) == 2 * len(plain) * 3 * 24 * 32
+    assert 0 < on_disk < cache_size_bytes(plain) / 2
+
+
+def test_a_damaged_entry_is_rebuilt_not_misread(video_ds: Path, tmp_path: Path) -> None:
+    plain = _open(video_ds)
+    FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
+    frames = sorted((tmp_path / "cache").glob("*.frames"))
+    with open(frames[0], "r+b") as f:  # a cut-short entry, as a full disk or a crash elsewhere leaves it
+        f.truncate(f.seek(0, 2) - 7)
+    again = FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
+    for i in (0, len(plain) // 2, len(plain) - 1):
+        assert_same(plain[i], again[i])
 
 
 def test_batches_in_dataloader_workers(video_ds: Path, tmp_path: Path) -> None:
@@ -126,7 +139,7 @@ def test_second_wrap_reuses_the_cache_and_never_decodes(
         assert_same(want, cached[i])
     # Where the cache lives and what it costs, said even when nothing had to be built.
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("frame cache:")]
-    assert f"in {tmp_path / 'cache'}" in line and "GiB of decoded frames for" in line and "MiB, " in line
+    assert f"in {tmp_path / 'cache'}" in line and "MiB of compressed frames for" in line and "MiB, " in line
 
 
 def test_a_changed_video_is_decoded_again(

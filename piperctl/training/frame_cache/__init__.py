@@ -6,8 +6,9 @@ with lerobot's PyAV backend, without decoding video per sample. Everything that 
 still comes from lerobot's own `DatasetReader.get_item`: only its `_query_videos` step is replaced,
 by a lookup that picks the frame lerobot's PyAV decoder would pick for each query timestamp.
 
-One cache entry per video file: `<cache_dir>/<entry>.frames` (raw uint8 N x C x H x W, read through
-a memory map) and `<entry>.json` (source path, size, mtime, frame timestamps), written atomically
+One cache entry per video file: `<cache_dir>/<entry>.frames` (each uint8 C x H x W frame losslessly
+compressed: row-difference filter, then zstd; read through a memory map and decoded per sample) and
+`<entry>.json` (source path, size, mtime, frame timestamps, byte offset of each frame), written atomically
 (temp + fsync + rename, JSON last) under a file lock, so several processes may build and read at once.
 An entry is named after the video's resolved path, size and mtime: a changed video gets a new entry
 and its old one is deleted.
@@ -76,10 +77,10 @@ class FrameCache:
         entries = build(dataset, cache_dir, progress=progress, sources=sources)
         if progress:
             files = {src.path: src for src in sources.values()}
-            cached = sum(src.nbytes for src in files.values())
+            cached = sum(entries[path].disk_bytes for path in files)
             videos = sum(src.size for src in files.values())
             log(
-                f"frame cache: {cached / 2**30:.2f} GiB of decoded frames for {len(files)} video file(s) "
+                f"frame cache: {cached / 2**20:.1f} MiB of compressed frames for {len(files)} video file(s) "
                 f"({videos / 2**20:.1f} MiB, {cached / max(videos, 1):.0f}x) in {cache_dir} "
                 "(--no-frame-cache to read the videos instead)"
             )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from piperctl.training.frame_cache.store import _Entry
+from piperctl.training.frame_cache.store import Frames, _Entry
 
 
 class _Columns:
@@ -196,7 +196,7 @@ class CachedVideoDataset(torch.utils.data.Dataset):
         self._entries = entries
         # (video key, episode) -> (cached file, the episode's from_timestamp in that file)
         self._where = where
-        self._maps: dict[Path, np.ndarray] = {}
+        self._maps: dict[Path, Frames] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -244,7 +244,7 @@ class CachedVideoDataset(torch.utils.data.Dataset):
             view.hf_dataset = self._columns
         return view.get_item(idx)
 
-    def _frames(self, path: Path) -> np.ndarray:
+    def _frames(self, path: Path) -> Frames:
         arr = self._maps.get(path)
         if arr is None:
             arr = self._maps[path] = self._entries[path].open()
@@ -271,13 +271,16 @@ class CachedVideoDataset(torch.utils.data.Dataset):
             frames = sink.row(key, shape, dtype, row) if sink is not None else None
             if frames is None:
                 frames = torch.empty(shape, dtype=dtype)
+            scratch = None if reader._return_uint8 else np.empty(cached.shape[1:], np.uint8)
             for dst, pick in zip(frames.view(len(picks), *cached.shape[1:]), picks, strict=True):
-                src = torch.from_numpy(cached[pick])
-                dst.copy_(src)
-                if not reader._return_uint8:
-                    # lerobot computes `uint8.type(float32) / 255`: the same cast and float32 division,
-                    # in place in the tensor returned (no intermediate uint8 or float tensors).
-                    dst.div_(255)
+                if scratch is None:
+                    cached.read_into(pick, dst.numpy())
+                    continue
+                cached.read_into(pick, scratch)
+                dst.copy_(torch.from_numpy(scratch))
+                # lerobot computes `uint8.type(float32) / 255`: the same cast and float32 division,
+                # in place in the tensor returned (no intermediate float tensors).
+                dst.div_(255)
             out[key] = frames
         return out
 
