@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
+from rich.console import Console
 
 from piperctl.errors import PiperctlError
 from piperctl.leakage import DatasetLeakageTester, LeakageReport
@@ -139,12 +141,17 @@ def test_minimal_scans_each_dataset(
 def test_api_one_dataset_or_a_list(sets: dict[str, Path]) -> None:
     one = DatasetLeakageTester([sets["a"]], progress=False).run_minimal_tests()
     assert isinstance(one, LeakageReport) and one.dataset == str(sets["a"])
-    many = DatasetLeakageTester([sets["a"], sets["b"], sets["copy_a"]], progress=False).run_all_tests()
+    tester = DatasetLeakageTester([sets["a"], sets["b"], sets["copy_a"]], progress=False)
+    many = tester.run_all_tests()
     assert isinstance(many, CollectionReport) and many.labels == ["a", "b", "copy_a"]
-    assert many.check("copies_across").episodes == [
-        *(f"a:{e}" for e in range(4)),
-        *(f"copy_a:{e}" for e in range(4)),
-    ]
+    copied = [*(f"a:{e}" for e in range(4)), *(f"copy_a:{e}" for e in range(4))]
+    assert many.check("copies_across").episodes == copied
+    buf = io.StringIO()
+    tester.print_report(console=Console(file=buf, width=200))
+    text = buf.getvalue()
+    # One table per dataset, then the table across them, then the overall status.
+    assert text.count("Cross-episode contamination") == 3 and "across 3 datasets (a, b, copy_a)" in text
+    assert "a:3 and copy_a:3 are the same episode" in text and text.rstrip().endswith("overall: FAIL")
 
 
 def test_datasets_of_other_types_are_not_compared(sets: dict[str, Path], tmp_path: Path) -> None:
