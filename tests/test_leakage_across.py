@@ -85,9 +85,12 @@ def test_copy_of_a_dataset_exits_1_and_names_the_shared_episodes(
 def test_independent_datasets_pass_and_shared_rest_poses_are_no_finding(
     sets: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run_cli(["leakage", sets["a"], sets["b"], "--json", "--no-progress"], capsys)
+    code, out, err = run_cli(["leakage", sets["a"], sets["b"], "--json"], capsys)
     doc = json.loads(out)
     assert code == 0 and doc["status"] == "pass"
+    # Progress off a terminal: each dataset's frames, then the comparison, on stderr.
+    logged = [line.rpartition(" ")[2] for line in err.splitlines() if line.strip()]
+    assert logged == ["0/195", "195/195", "0/195", "195/195", "0/2", "2/2"], err
     copies = _across(doc, "copies_across")
     assert copies["status"] == "pass" and copies["findings"] == [] and copies["episodes"] == []
     # Both datasets hold the same home pose at both ends of every episode: compared, left out.

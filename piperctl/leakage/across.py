@@ -10,6 +10,7 @@ poses follow the single-dataset rule (`scan.mark_rest_poses`), and pairs are cou
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,7 +76,11 @@ def shared_hashes(datasets: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def across_pairs(
-    members: list[Member], group: list[int], rest_frames: int, min_shared: int
+    members: list[Member],
+    group: list[int],
+    rest_frames: int,
+    min_shared: int,
+    progress: Callable[[int], None] = lambda n: None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Pairs of episodes of different datasets of `group` (positions in `members`, one `signature`)
     sharing moving frames, as keys (see KEY_BITS), and the rest poses left out.
@@ -88,13 +93,12 @@ def across_pairs(
     for k in group:
         m = members[k]
         lengths.append(m.lengths.select(episode_index=pl.col("episode_index") + (k << KEY_BITS), rows="rows"))
-        if len(shared) == 0 or not m.scan.hashes:
-            continue
-        candidates = pl.concat([p.candidates(shared) for p in m.scan.hashes])
-        if candidates.height == 0:
-            continue
-        picked = read_candidates(m.layout, candidates, features, list_widths(m.layout, features))
-        parts.append(picked.with_columns(pl.col("episode_index") + (k << KEY_BITS)).drop("_row"))
+        hit = [p.candidates(shared) for p in m.scan.hashes] if len(shared) else []
+        candidates = pl.concat(hit) if hit else None
+        if candidates is not None and candidates.height:
+            picked = read_candidates(m.layout, candidates, features, list_widths(m.layout, features))
+            parts.append(picked.with_columns(pl.col("episode_index") + (k << KEY_BITS)).drop("_row"))
+        progress(1)
     if not parts:
         return _no_pairs(), {"rest_poses": 0, "rest_frames": 0}
     classes = (
@@ -215,8 +219,10 @@ def check_split_across(members: list[Member], pairs: pl.DataFrame) -> AcrossChec
     return res
 
 
-def run_across(members: list[Member], rest_frames: int, min_shared: int) -> list[AcrossCheckResult]:
-    """The checks across the datasets of a full scan: copies, then split leakage."""
+def run_across(
+    members: list[Member], rest_frames: int, min_shared: int, progress: Callable[[int], None] = lambda n: None
+) -> list[AcrossCheckResult]:
+    """The checks across the datasets of a full scan: copies, then split leakage; `progress(1)` per dataset."""
     sigs = [signature(m.layout, m.scan.features) for m in members]
     groups: dict[tuple, list[int]] = {}
     for k, sig in enumerate(sigs):
@@ -224,8 +230,9 @@ def run_across(members: list[Member], rest_frames: int, min_shared: int) -> list
     all_pairs, rest = [], {"rest_poses": 0, "rest_frames": 0}
     for sig, group in groups.items():
         if len(group) < 2 or not sig:
+            progress(len(group))
             continue
-        pairs, r = across_pairs(members, group, rest_frames, min_shared)
+        pairs, r = across_pairs(members, group, rest_frames, min_shared, progress)
         all_pairs.append(pairs)
         rest = {k: rest[k] + r[k] for k in rest}
     pairs = pl.concat(all_pairs, how="vertical_relaxed") if all_pairs else _no_pairs()

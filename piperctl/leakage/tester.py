@@ -121,7 +121,12 @@ class DatasetLeakageTester:
             reports.append(report)
             members.append(member)
         t = self.thresholds
-        across = run_across(members, t.rest_frames, t.min_shared_frames) if full else []
+        across = []
+        if full and self.progress:
+            with progress_bar(f"comparing {len(members)} datasets", len(members)) as bar:
+                across = run_across(members, t.rest_frames, t.min_shared_frames, bar.update)
+        elif full:
+            across = run_across(members, t.rest_frames, t.min_shared_frames)
         self.report = CollectionReport(
             datasets=self.datasets,
             labels=self.labels,
