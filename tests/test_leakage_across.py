@@ -193,3 +193,17 @@ def test_synthesized_recordings_in_other_units_and_names(state_dataset: Path, tm
     assert units[0] >= {"rad"} and units[1] >= {"deg"}
     copies = report.check("copies_across")
     assert copies.status == "pass" and copies.extra["not_compared"] == []
+
+
+def test_labels_and_split_routing() -> None:
+    """Labels are folder or Hub repo names (the whole string where they clash); `--split NAME=...` goes
+    to every dataset, `--split DATASET:NAME=...` to the one named by its label or as given."""
+    from piperctl.leakage.splits import route_split_options
+    from piperctl.leakage.tester import labels_of
+
+    assert labels_of(["lerobot/pusht", "data/mon/"]) == ["pusht", "mon"]
+    assert labels_of(["a/piper", "b/piper", "c"]) == ["a/piper", "b/piper", "c"]
+    names = [("mon", "data/mon"), ("tue", "data/tue")]
+    routed = route_split_options(["train=0:40", "data/tue:val=40:50", "tue:val=51"], names)
+    assert routed == [["train=0:40"], ["train=0:40", "val=40:50", "val=51"]]
+    assert route_split_options(["mon:val=1"], names) == [["val=1"], None]
