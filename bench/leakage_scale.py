@@ -12,6 +12,11 @@ mark across fork+exec into the child's ru_maxrss, which would inflate every figu
 
     .venv/bin/python bench/leakage_scale.py [--sizes 1000000,10000000]
         [--layouts episode-list,episode-fixed,large-fixed] [--tools floor,minimal,full,doctor] [--delete]
+
+`--datasets N` measures the scan of several datasets instead (issue 18): `piperctl leakage full A B`
+of two datasets of N frames each (independent recordings, and A with a copy of itself) beside
+`piperctl leakage full C` of one dataset of 2N frames, interleaved `--repeat` times, and prints the
+ratio of the medians.
 """
 
 from __future__ import annotations
@@ -241,6 +246,108 @@ def _floor_name(name: str) -> str:
     )
 
 
+def double(src: Path, dst: Path) -> Path:
+    """`src` followed by a copy of itself as one dataset (episodes and index renumbered), row groups kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    marker = dst / ".complete"
+    if marker.is_file() and marker.read_text() == str(src):
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    info = json.loads((src / "meta" / "info.json").read_text())
+    frames, episodes = info["total_frames"], info["total_episodes"]
+    files = sorted((src / "data" / "chunk-000").glob("file-*.parquet"))
+    (dst / "data" / "chunk-000").mkdir(parents=True)
+    (dst / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    for half in (0, 1):
+        for k, f in enumerate(files):
+            pf = pq.ParquetFile(f)
+            out = dst / "data" / "chunk-000" / f"file-{k + half * len(files):03d}.parquet"
+            with pq.ParquetWriter(out, pf.schema_arrow) as writer:
+                for g in range(pf.metadata.num_row_groups):
+                    t = pf.read_row_group(g)
+                    for col, shift in (("episode_index", episodes), ("index", frames)):
+                        i = t.schema.get_field_index(col)
+                        t = t.set_column(i, col, pc.add(t[col], half * shift))
+                    writer.write_table(t)
+    meta = pq.read_table(src / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    shifted = [
+        {
+            **m,
+            "episode_index": m["episode_index"] + episodes,
+            "data/file_index": m["data/file_index"] + len(files),
+            "dataset_from_index": m["dataset_from_index"] + frames,
+            "dataset_to_index": m["dataset_to_index"] + frames,
+        }
+        for m in meta
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(meta + shifted), dst / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    )
+    shutil.copy(src / "meta" / "tasks.parquet", dst / "meta" / "tasks.parquet")
+    info.update(total_frames=2 * frames, total_episodes=2 * episodes, splits={"train": f"0:{2 * episodes}"})
+    (dst / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    marker.write_text(str(src))
+    return dst
+
+
+def datasets_mode(frames: int, layout: str, repeat: int, delete: bool) -> None:
+    """Two datasets of `frames` frames scanned together, beside one dataset of their total frames."""
+    import statistics
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    made = []
+    for name, n, seed in (("a", frames, 1), ("b", frames, 2), ("total", 2 * frames, 1)):
+        ds = WORK / f"multi_{name}_{n}_{layout}"
+        subprocess.run([PY, __file__, "--generate", str(n), layout, str(ds), "--seed", str(seed)], check=True)
+        made.append(ds)
+    a, b, total = made
+    copy = WORK / f"multi_a_copy_{frames}_{layout}"
+    if not (copy / "meta" / "info.json").is_file():
+        shutil.copytree(a, copy)
+    made.append(copy)
+    doubled = WORK / f"multi_a_doubled_{frames}_{layout}"
+    subprocess.run([PY, __file__, "--double", str(a), str(doubled)], check=True)
+    made.append(doubled)
+    scan = [PIPERCTL, "leakage", "full", "--json", "--no-progress"]
+    runs = {
+        f"one dataset of {2 * frames:,} frames": ([*scan, str(total)], 0),
+        f"two independent datasets of {frames:,}": ([*scan, str(a), str(b)], 0),
+        f"a dataset of {frames:,} and its copy": ([*scan, str(a), str(copy)], 1),
+        f"one dataset: those {frames:,} twice": ([*scan, str(doubled)], 1),
+    }
+    print(
+        f"cpus available: {len(os.sched_getaffinity(0))}, layout {layout}, {repeat} runs of each, interleaved"
+    )
+    times: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runs}
+    for _ in range(repeat):
+        for name, (cmd, expected) in runs.items():
+            wall, cpu, rss, code, out = measure(cmd, env)
+            if code != expected:
+                raise SystemExit(f"{name}: exit {code}, expected {expected}: {out[-500:]}")
+            times[name].append((wall, cpu, rss))
+            print(
+                f"  {name:40s} {wall:7.2f} s wall {cpu:7.2f} s cpu {rss:6.0f} MB (load {os.getloadavg()[0]:.1f})"
+            )
+    print(
+        f"\n{'scan':40s} {'wall s':>7} {'cpu s':>7} {'peak MB':>8} {'x one (wall)':>12} {'x one (cpu)':>11}"
+    )
+    base = None
+    for name, ts in times.items():
+        wall = statistics.median(t[0] for t in ts)
+        cpu = statistics.median(t[1] for t in ts)
+        rss = max(t[2] for t in ts)
+        base = base or (wall, cpu)
+        print(f"{name:40s} {wall:7.2f} {cpu:7.2f} {rss:8.0f} {wall / base[0]:12.2f} {cpu / base[1]:11.2f}")
+    print("\nmedians of the runs; x one: over the scan of one dataset of the same total frames")
+    if delete:
+        for ds in made:
+            shutil.rmtree(ds, ignore_errors=True)
+
+
 def main() -> None:
     """Generate, run, print the side-by-side table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -257,10 +364,25 @@ def main() -> None:
     )
     ap.add_argument("--no-doctor", action="store_true", help="skip lerobot-doctor")
     ap.add_argument("--delete", action="store_true", help="delete each dataset after its runs")
+    ap.add_argument(
+        "--datasets",
+        type=int,
+        metavar="N",
+        help="time 'leakage full A B' (two datasets of N frames) against one scan of a dataset of 2N frames",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="with --datasets: runs of each, interleaved")
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--double", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     ap.add_argument("--generate", nargs=3, metavar=("FRAMES", "LAYOUT", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
-        generate(Path(args.generate[2]), int(args.generate[0]), args.generate[1])
+        generate(Path(args.generate[2]), int(args.generate[0]), args.generate[1], seed=args.seed)
+        return
+    if args.double:
+        double(Path(args.double[0]), Path(args.double[1]))
+        return
+    if args.datasets:
+        datasets_mode(args.datasets, args.layouts.split(",")[0], args.repeat, args.delete)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     layouts = args.layouts.split(",")

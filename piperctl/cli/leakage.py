@@ -1,4 +1,4 @@
-"""`piperctl leakage full|minimal DATASET` (also `piperctl leakage DATASET [--minimal]`): the Polars dataset scans."""
+"""`piperctl leakage full|minimal DATASET...` (also `piperctl leakage DATASET... [--minimal]`): the Polars dataset scans."""
 
 from __future__ import annotations
 
@@ -33,13 +33,18 @@ class _FailOn(StrEnum):
 leakage_app = sub_app(
     cls=_LeakageGroup,
     help=(
-        "Scan a LeRobot dataset for leakage and integrity faults. "
-        "'piperctl leakage DATASET' runs 'full'; add --minimal for the quick index/timestamp checks."
+        "Scan a LeRobot dataset, or several as one collection, for leakage and integrity faults. "
+        "'piperctl leakage DATASET...' runs 'full'; add --minimal for the quick index/timestamp checks."
     ),
 )
 
 _LkDataset = Annotated[
-    str | None, typer.Argument(help="Dataset folder or Hub repo id (owner/name).", show_default=False)
+    list[str] | None,
+    typer.Argument(
+        help="Dataset folder or Hub repo id (owner/name); several: scanned as one collection, "
+        "also for episodes shared between them.",
+        show_default=False,
+    ),
 ]
 _LkRoot = Annotated[Path | None, typer.Option("--dataset-root", help="Dataset folder (instead of DATASET).")]
 _LkJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON (see docs/leakage.md).")]
@@ -50,7 +55,9 @@ _LkFailOn = Annotated[_FailOn, typer.Option("--fail-on", help="Exit 1 when a che
 _LkSplit = Annotated[
     list[str] | None,
     typer.Option(
-        "--split", help="NAME=RANGES, e.g. val=40:50 (repeatable; default: splits in meta/info.json)."
+        "--split",
+        help="NAME=RANGES, e.g. val=40:50 (repeatable; default: splits in meta/info.json); "
+        "DATASET:NAME=RANGES for one of several datasets.",
     ),
 ]
 _LkTolerance = Annotated[
@@ -96,13 +103,15 @@ class _LeakageOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
-def _leakage_run(dataset: str | None, dataset_root: Path | None, opts: _LeakageOptions) -> None:
+def _leakage_run(datasets: list[str] | None, dataset_root: Path | None, opts: _LeakageOptions) -> None:
     from piperctl.leakage import DatasetLeakageTester
-    from piperctl.leakage.report import print_report, to_json, to_markdown
+    from piperctl.leakage.report import print_any, to_json, to_markdown
 
-    if dataset is not None and dataset_root is not None:
+    if datasets and dataset_root is not None:
         raise PiperctlError("give DATASET or --dataset-root, not both")
-    target = dataset if dataset is not None else dataset_root
+    target: str | Path | list[str] | None = dataset_root
+    if datasets:
+        target = datasets[0] if len(datasets) == 1 else datasets
     if target is None:
         raise PiperctlError(
             "no dataset given", hint="run 'piperctl leakage full DATASET' or pass --dataset-root"
@@ -123,7 +132,7 @@ def _leakage_run(dataset: str | None, dataset_root: Path | None, opts: _LeakageO
     if opts.json_out:
         typer.echo(to_json(report))
     else:
-        print_report(report)
+        print_any(report)
     raise typer.Exit(1 if report.failed(opts.fail_on.value) else 0)
 
 

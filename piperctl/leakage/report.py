@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from piperctl.leakage.result import LeakageReport, ids_text
+from piperctl.leakage.result import CheckResult, CollectionReport, LeakageReport, ids_text
 
 _STYLE = {"pass": "green", "skip": "dim", "warn": "yellow", "fail": "bold red"}
 
@@ -35,22 +35,55 @@ def _header(report: LeakageReport) -> str:
     return text
 
 
-def print_report(report: LeakageReport, console: Console | None = None) -> None:
-    """Print the table of checks with status, episode counts and the first offending episodes."""
+def _console(console: Console | None) -> Console:
     from piperctl.console import out
 
     console = console or out
     if not console.is_terminal and console.width < 120:
         # Piped output gets Rich's 80 columns, too narrow for the summaries; files and CI logs take 120.
         console = Console(file=console.file, width=120)
+    return console
+
+
+def print_report(report: LeakageReport, console: Console | None = None) -> None:
+    """Print the table of checks with status, episode counts and the first offending episodes."""
+    console = _console(console)
+    _print_table(console, _header(report), report.checks)
+    console.print(f"overall: [{_STYLE[report.status]}]{report.status.upper()}[/]", highlight=False)
+
+
+def print_collection(report: CollectionReport, console: Console | None = None) -> None:
+    """Print each dataset's table, then the table of the checks across them, then the overall status."""
+    console = _console(console)
+    for label, r in zip(report.labels, report.reports, strict=True):
+        _print_table(console, f"[{label}] " + _header(r), r.checks)
+        console.print(f"{label}: [{_STYLE[r.status]}]{r.status.upper()}[/]", highlight=False)
+        console.print()
+    if report.across:
+        title = f"across {len(report.labels)} datasets ({', '.join(report.labels)}) — episodes named DATASET:EPISODE"
+        _print_table(console, title, report.across)
+    else:
+        console.print("across datasets: the minimal scan reads no content; run 'full' to compare datasets")
+    console.print(f"overall: [{_STYLE[report.status]}]{report.status.upper()}[/]", highlight=False)
+
+
+def print_any(report: LeakageReport | CollectionReport, console: Console | None = None) -> None:
+    """Print a report of one dataset or of several."""
+    if isinstance(report, CollectionReport):
+        print_collection(report, console)
+    else:
+        print_report(report, console)
+
+
+def _print_table(console: Console, title: str, checks: list[CheckResult]) -> None:
     # Dataset paths, dimension names like `state[joint_4.pos]` and messages are not Rich markup.
-    table = Table(title=escape(_header(report)), title_justify="left", show_lines=False)
+    table = Table(title=escape(title), title_justify="left", show_lines=False)
     table.add_column("check", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("episodes", justify="right")
     table.add_column("first episodes", no_wrap=True)
     table.add_column("summary", overflow="fold")
-    for c in report.checks:
+    for c in checks:
         style = _STYLE[c.status]
         table.add_row(
             escape(c.title),
@@ -60,10 +93,9 @@ def print_report(report: LeakageReport, console: Console | None = None) -> None:
             escape(c.summary),
         )
     console.print(table)
-    console.print(f"overall: [{_STYLE[report.status]}]{report.status.upper()}[/]", highlight=False)
 
 
-def to_json(report: LeakageReport) -> str:
+def to_json(report: LeakageReport | CollectionReport) -> str:
     """The report in the JSON contract of docs/leakage.md."""
     return json.dumps(report.to_dict(), indent=2, default=str)
 
@@ -72,29 +104,61 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(report: LeakageReport) -> str:
+def to_markdown(report: LeakageReport | CollectionReport) -> str:
     """The report as a Markdown table, for pull requests and dataset cards."""
+    if isinstance(report, CollectionReport):
+        return _collection_markdown(report)
     lines = [
         f"# Leakage report: {report.dataset}",
         "",
         _header(report) + f". Overall status: **{report.status.upper()}**.",
         "",
+        *_md_checks(report.checks),
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _collection_markdown(report: CollectionReport) -> str:
+    lines = [
+        f"# Leakage report: {len(report.labels)} datasets",
+        "",
+        f"Datasets {', '.join(report.labels)}, {report.mode} scan. Overall status: **{report.status.upper()}**.",
+        "",
+    ]
+    for label, r in zip(report.labels, report.reports, strict=True):
+        lines += [
+            f"## {label}",
+            "",
+            _header(r) + f". Status: **{r.status.upper()}**.",
+            "",
+            *_md_checks(r.checks, "###"),
+        ]
+    lines += ["## Across datasets", ""]
+    if report.across:
+        lines += ["Episodes are named DATASET:EPISODE.", "", *_md_checks(report.across, "###")]
+    else:
+        lines += ["The minimal scan reads no content; run `full` to compare datasets.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _md_checks(checks: list[CheckResult], level: str = "##") -> list[str]:
+    lines = [
         "| check | status | episodes | first episodes | summary |",
         "|---|---|---:|---|---|",
     ]
-    for c in report.checks:
+    for c in checks:
         lines.append(
             f"| {c.title} | {c.status.upper()} | {c.count} | {ids_text(c.episodes, 10)} | {_md_cell(c.summary)} |"
         )
-    details = [c for c in report.checks if c.findings]
+    details = [c for c in checks if c.findings]
     if details:
-        lines += ["", "## Findings", ""]
+        lines += ["", f"{level} Findings", ""]
         for c in details:
-            lines.append(f"### {c.title} ({c.status})")
+            lines.append(f"{level}# {c.title} ({c.status})")
             lines.append("")
             for f in c.findings[:50]:
                 lines.append(f"- **{f.status}** {_md_cell(f.message)}")
             if len(c.findings) > 50:
                 lines.append(f"- … and {len(c.findings) - 50} more (see `--json`)")
             lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    return [*lines, ""]

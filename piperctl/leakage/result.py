@@ -141,3 +141,76 @@ def ids_text(ids: list[int], limit: int = 8) -> str:
 def plural(n: int, word: str) -> str:
     """`n word` with an `s` when n != 1."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def ref_key(ref: str, order: list[str]) -> tuple[int, int]:
+    """Sort key of a `LABEL:EPISODE` reference: the dataset's position in `order`, then the episode."""
+    label, _, episode = ref.rpartition(":")
+    return (order.index(label) if label in order else len(order), int(episode))
+
+
+@dataclass
+class AcrossCheckResult(CheckResult):
+    """A check across datasets: its findings name episodes as `LABEL:EPISODE` strings."""
+
+    order: list[str] = field(default_factory=list)  # the datasets' labels, in the order given
+
+    @property
+    def episodes(self) -> list[str]:  # type: ignore[override]
+        """Every `LABEL:EPISODE` involved in any finding, by dataset (in the order given), then episode."""
+        refs = {str(e) for f in self.findings for e in f.episodes}
+        return sorted(refs, key=lambda r: ref_key(r, self.order))
+
+
+@dataclass
+class CollectionReport:
+    """A scan of several datasets as one collection: each dataset's report and the checks across them."""
+
+    datasets: list[str]  # as given
+    labels: list[str]  # how messages name them (LABEL:EPISODE)
+    mode: Literal["minimal", "full"]
+    reports: list[LeakageReport]
+    across: list[CheckResult]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        """The most severe status over every dataset's report and the checks across them."""
+        return worst([r.status for r in self.reports] + [c.status for c in self.across])
+
+    @property
+    def across_status(self) -> Status:
+        """The most severe status of the checks across datasets."""
+        return worst([c.status for c in self.across])
+
+    def failed(self, fail_on: str = "fail") -> bool:
+        """True when some check, of any dataset or across them, reaches `fail_on` ("warn" or "fail")."""
+        return STATUS_RANK[self.status] >= STATUS_RANK[fail_on]
+
+    def report(self, dataset: str) -> LeakageReport:
+        """The report of one dataset, by its label or as it was given."""
+        for d, label, r in zip(self.datasets, self.labels, self.reports, strict=True):
+            if dataset in (d, label):
+                return r
+        raise KeyError(dataset)
+
+    def check(self, name: str) -> CheckResult:
+        """The result of the check across datasets called `name`."""
+        for c in self.across:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The collection in the JSON contract of docs/leakage.md (several datasets)."""
+        return {
+            "datasets": self.datasets,
+            "labels": self.labels,
+            "mode": self.mode,
+            "status": self.status,
+            **self.info,
+            "reports": [
+                {"label": lb, **r.to_dict()} for lb, r in zip(self.labels, self.reports, strict=True)
+            ],
+            "across": {"status": self.across_status, "checks": [c.to_dict() for c in self.across]},
+        }

@@ -173,7 +173,8 @@ def content_queries(
     else:
         still = pl.lit(False)
     frames = base.select(
-        _h=pl.struct(features).hash(seed=0x51EE),
+        # Sorted names: datasets declaring the same features in another order hash alike (across.py).
+        _h=pl.struct(sorted(features)).hash(seed=0x51EE),
         _row=pl.col("_row").cast(pl.UInt64),
         _still=still,
     )
@@ -258,6 +259,7 @@ class ScanResult:
     candidate_rows: int = 0
     features: list[str] = field(default_factory=list)
     vectors: list[str] = field(default_factory=list)  # float vector features (kinematic checks)
+    hashes: list[FrameHashes] = field(default_factory=list)  # per batch; kept for scans across datasets
 
 
 def _rel_files(df: pl.DataFrame, files: list[DataFile]) -> pl.DataFrame:
@@ -324,6 +326,7 @@ def scan_dataset(
     )
     result.classes, result.candidate_rows = _exact_classes(layout, frame_parts, features, widths, rest_frames)
     result.vectors = vectors
+    result.hashes = frame_parts
     return result
 
 
@@ -408,6 +411,21 @@ def _exact_classes(
     candidates = pl.concat([p.candidates(repeated) for p in frame_parts])
     if candidates.height == 0:
         return empty, 0
+    picked = read_candidates(layout, candidates, features, widths)
+    classes = (
+        picked.group_by(features)
+        .agg("episode_index", "frame_index", "_still")
+        .with_row_index("cls")
+        .select("cls", "episode_index", "frame_index", "_still")
+        .explode("episode_index", "frame_index", "_still")
+    )
+    return mark_rest_poses(classes, rest_frames), candidates.height
+
+
+def read_candidates(
+    layout: Layout, candidates: pl.DataFrame, features: list[str], widths: dict[str, int]
+) -> pl.DataFrame:
+    """episode_index, frame_index and `features` of the `candidates` rows (`_row`, `_still`), read back."""
     rows = np.sort(candidates["_row"].to_numpy().astype(np.int64))
     starts = np.cumsum([0] + [f.rows for f in layout.files], dtype=np.int64)
     which = np.searchsorted(starts, rows, side="right") - 1
@@ -418,15 +436,7 @@ def _exact_classes(
         table = fixed_lists(read_rows(layout.files[k], columns, local), widths)
         df = pl.from_arrow(table).filter(pl.col("_local").is_in(pl.Series(local).implode()))  # type: ignore[union-attr]
         parts.append(df.select(*columns, _row=(pl.col("_local") + int(starts[k])).cast(pl.UInt64)))
-    picked = concat_parts(parts).join(candidates, on="_row", how="left")
-    classes = (
-        picked.group_by(features)
-        .agg("episode_index", "frame_index", "_still")
-        .with_row_index("cls")
-        .select("cls", "episode_index", "frame_index", "_still")
-        .explode("episode_index", "frame_index", "_still")
-    )
-    return mark_rest_poses(classes, rest_frames), candidates.height
+    return concat_parts(parts).join(candidates, on="_row", how="left")
 
 
 def mark_rest_poses(classes: pl.DataFrame, rest_frames: int) -> pl.DataFrame:

@@ -49,3 +49,26 @@ def splits_from_info(info: dict[str, Any]) -> dict[str, list[int]]:
     if not isinstance(raw, dict):
         raise PiperctlError("meta/info.json: 'splits' is not an object", exit_code=2)
     return {str(k): parse_ranges(str(v), f"meta/info.json splits.{k}") for k, v in raw.items()}
+
+
+def route_split_options(options: list[str], names: list[tuple[str, ...]]) -> list[list[str] | None]:
+    """Per dataset, the `--split` options that apply to it (None: none, use its meta/info.json).
+
+    `DATASET:NAME=RANGES` goes to the dataset called DATASET (any of `names[k]`: its label or the
+    DATASET as given); `NAME=RANGES` goes to every dataset.
+    """
+    routed: list[list[str] | None] = [None] * len(names)
+    for opt in options:
+        head, sep, ranges = opt.partition("=")
+        prefix, colon, name = head.rpartition(":")
+        targets = range(len(names))
+        if colon:
+            targets = [k for k, ns in enumerate(names) if prefix.strip() in ns]  # type: ignore[assignment]
+            if not targets:
+                known = ", ".join(ns[0] for ns in names)
+                raise PiperctlError(
+                    f"--split {opt!r}: no dataset called {prefix!r}", hint=f"prefix one of: {known}"
+                )
+        for k in targets:
+            routed[k] = [*(routed[k] or []), f"{name if colon else head}{sep}{ranges}"]
+    return routed
