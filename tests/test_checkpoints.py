@@ -14,7 +14,7 @@ import pytest
 
 from piperctl import checkpoints as ckpt
 from piperctl.errors import PiperctlError
-from tests.conftest import TINY_ACT, one_error_line, run_cli
+from tests.conftest import TINY_ACT, metric_rows, one_error_line, run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "checkpoint-format.md"
 
@@ -105,7 +105,7 @@ def test_list_good_run(good_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     code, out, _ = run_cli(["checkpoints", "list", good_run, "--json"], capsys)
     assert code == 0
     rows = json.loads(out)
-    metrics = {r["step"]: r for r in map(json.loads, (good_run / "metrics.jsonl").read_text().splitlines())}
+    metrics = {r["step"]: r for r in metric_rows(good_run)}
     assert [r["step"] for r in rows] == [2, 4]
     assert [r["resume"] for r in rows] == [False, True]
     assert [r["state"] for r in rows] == ["complete", "complete"]

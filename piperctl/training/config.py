@@ -125,6 +125,13 @@ class TrainConfig:
     deterministic: bool = option(
         False, "Use torch's deterministic algorithms (exact resume on CUDA; slower).", resumable=True
     )
+    mirror: str | None = option(
+        None,
+        "Also upload each checkpoint, run.json and the final model in the background to this URL "
+        "(s3://, gs://, az://, hf://, file://; credentials from each backend's usual place; docs/cloud.md).",
+        resumable=True,
+        resume_help="Upload checkpoints to this URL (default: the run's own --mirror, if any).",
+    )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -172,8 +179,13 @@ class TrainConfig:
         return cfg
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form stored in checkpoints."""
-        return dataclasses.asdict(self)
+        """The JSON form stored in checkpoints (a --mirror URL without its credentials)."""
+        data = dataclasses.asdict(self)
+        if data.get("mirror"):
+            from piperctl.checkpoints.remote import redact
+
+            data["mirror"] = redact(data["mirror"])
+        return data
 
     def validate(self) -> None:
         """Refuse nonsensical values with one clear line each."""
