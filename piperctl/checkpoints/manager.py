@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.filesize import decimal
 
@@ -50,6 +50,15 @@ from piperctl.fs import first_line
 
 if TYPE_CHECKING:
     from piperctl.checkpoints.mirror import Mirror
+
+
+class Snapshot(Protocol):
+    """What a background save writes: a step and a writer filling a checkpoint folder (training.state's)."""
+
+    step: int
+
+    def write(self, folder: Path) -> None:
+        """Fill `folder` with the checkpoint's files."""
 
 
 class CheckpointManager:
@@ -129,19 +138,21 @@ class CheckpointManager:
                 f"warning: cannot record checkpoint timings in {self.run_dir / METRICS_FILE}: {e.strerror or e}"
             )
 
-    def save_in_background(
-        self, step: int, write_files: Callable[[Path], None], stall_s: float = 0.0
-    ) -> None:
-        """`save` in a background thread; at most one save is in flight (this waits for the previous one).
+    def save_in_background(self, capture: Callable[[], Snapshot]) -> None:
+        """`save` a `capture()`d snapshot in a background thread; at most one save is in flight.
 
-        `write_files` must only read state the caller no longer changes (a copy). A failed save
+        This waits for the previous save, then takes the snapshot, whose `write` must only read state
+        the caller no longer changes (a copy); the loop's wait (`stall_s`) is both. A failed save
         surfaces at the next `wait` or `raise_if_failed`; a crash of the process leaves only complete
         checkpoints (the unfinished one is a temporary folder, removed at the next start).
         """
+        started = time.perf_counter()
         self.wait()
+        snapshot = capture()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piperctl-save")
-        self._pending = self._pool.submit(self.save, step, write_files, stall_s)
+        stall_s = time.perf_counter() - started
+        self._pending = self._pool.submit(self.save, snapshot.step, snapshot.write, stall_s)
 
     def wait(self) -> Path | None:
         """Wait for the save in flight, if any; its checkpoint, or its error raised here."""
@@ -157,9 +168,11 @@ class CheckpointManager:
         """Publish the final model as RUN_DIR/pretrained_model (lerobot's layout), sealed by its own manifest."""
         target = self.run_dir / PRETRAINED_DIR
         try:
-            return publish(target, write_files, step)
+            publish(target, write_files, step)
         except Exception as e:
             raise writer_error(e, target, self.run_dir) from e
+        self.finish_mirror(final=True)  # a finished run waits until the remote has it all
+        return target
 
     def _warn_if_short_of_space(self) -> None:
         """Say before a save, not after it failed, that the disk may not hold another checkpoint."""
@@ -175,6 +188,12 @@ class CheckpointManager:
                 f"warning: {decimal(free)} free on the disk of {self.run_dir}, the last checkpoint took "
                 f"{decimal(need)}: this save may fail (free space, or lower --keep-last)"
             )
+
+    def open(self, run_id: str, mirror: str | None = None) -> None:
+        """Before the run's work: remove leftovers of interrupted saves; claim the `mirror` URL (refused if another run owns it)."""
+        self.clean_stale()
+        if mirror:
+            self.attach_mirror(mirror, run_id)
 
     def clean_stale(self) -> list[Path]:
         """Remove what interrupted saves of ours left in the run folder, saying so."""

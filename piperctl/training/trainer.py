@@ -111,7 +111,7 @@ class Trainer:
         self.precision = Precision(cfg.precision or "fp32", self.device, dist.accelerator)
         build.use_determinism(cfg.deterministic)
         if dist.is_main:
-            self.ckpts.clean_stale()
+            self.ckpts.open(self.run_id, mirror=cfg.mirror)
         self.split = build.open_split(cfg)
         if start is None:
             self.parts = build.fresh_model(cfg, self.device, self.split)
@@ -151,14 +151,10 @@ class Trainer:
         `background`: copy the state to CPU and let the manager write it while training goes on
         (returns None; the checkpoint appears when the write completes).
         """
-        started = time.perf_counter()
         if background:
-            self.ckpts.wait()  # the CPU copies are reused: the previous save must be done with them
-        snapshot = self.state.capture(copy=background)
-        if background:
-            stall_s = time.perf_counter() - started  # what the loop waited: the previous save and the copy
-            self.ckpts.save_in_background(snapshot.step, snapshot.write, stall_s)
+            self.ckpts.save_in_background(lambda: self.state.capture(copy=True))
             return None
+        snapshot = self.state.capture(copy=False)
         # One writer; the other ranks wait for its verdict, so none runs ahead of (or outlives) a failed save.
         path = self.dist.all_or_none(lambda: self.ckpts.save(snapshot.step, snapshot.write), main_only=True)
         self.ckpts.last = path
@@ -259,9 +255,6 @@ class Trainer:
     def run(self, start: tuple[Path, TrainingState] | None) -> TrainResult:
         """Train until `cfg.steps`, checkpointing when the manager says so and on SIGINT/SIGTERM."""
         cfg, dist = self.cfg, self.dist
-        if cfg.mirror:
-            # Before any work: a URL another run mirrors to is refused at once.
-            dist.all_or_none(lambda: self.ckpts.attach_mirror(cfg.mirror, self.run_id), main_only=True)
         dist.all_or_none(lambda: self.setup(start))
         if self.feed.val_loader is not None and self.best_metric == "val_action_nmae" and self.scorer is None:
             raise PiperctlError(
@@ -337,7 +330,6 @@ class Trainer:
     def _finish(self) -> None:
         self.ckpts.save_final(self.step, lambda folder: self.state.write_final(folder, self.run_dir))
         plot_loss_curve(self.run_dir / METRICS_FILE, self.run_dir / LOSS_CURVE)
-        self.ckpts.finish_mirror(final=True)  # a finished run waits until the remote has it all
 
     def _stop(self, signum: int, metrics: MetricsLog | NoMetrics) -> None:
         """Save at this step (unless just saved), leave the process group, and raise TrainingInterrupted."""
@@ -348,8 +340,7 @@ class Trainer:
         if self.ckpts.last is None or step_of(self.ckpts.last) != self.step:
             self.save_checkpoint()
         metrics.close()
-        if self.dist.is_main:
-            self.ckpts.finish_mirror(final=False)  # preempted: get the checkpoint just saved off the machine
+        self.ckpts.finish_mirror(final=False)  # preempted: get the checkpoint just saved off the machine
         self.dist.close()
         raise TrainingInterrupted(
             f"{name} at step {self.step}: saved {self.ckpts.last}",
