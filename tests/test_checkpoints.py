@@ -444,6 +444,7 @@ def test_json_fields_are_stable_and_documented(good_run: Path, capsys: pytest.Ca
     assert list(row) == [
         "step", "path", "written", "size_bytes", "train_loss", "train_loss_step",
         "val_loss", "val_loss_step", "state", "checked", "resume", "best", "problems",
+        "save_s", "stall_s", "upload_s",
     ]  # fmt: skip
     problem_fields = ["check", "code", "file", "message"]
     documented = _documented_fields()

@@ -53,10 +53,10 @@ class Row:
             "checked": self.checked,
             "resume": self.resume,
             "best": self.best,
+            "problems": self.problems,
             "save_s": self.save_s,
             "stall_s": self.stall_s,
             "upload_s": self.upload_s,
-            "problems": self.problems,
         }
 
 
@@ -200,8 +200,11 @@ def print_rows(run_dir: Path | str, rows: list[Row]) -> None:
     ):
         table.add_column(name, justify=justify, no_wrap=True)
     timed = [k for k in ("save_s", "stall_s", "upload_s") if any(getattr(r, k) is not None for r in rows)]
-    if timed:
-        table.add_column("/".join(k[:-2] for k in timed) + " s", justify="right", no_wrap=True)
+    timing_head = "/".join(k[:-2] for k in timed) + " s"
+    # The seconds get a column where the terminal is wide enough; otherwise a line under the table.
+    wide = bool(timed) and out.width >= 100
+    if wide:
+        table.add_column(timing_head, justify="right", no_wrap=True)
     colour = {"complete": "green", "incomplete": "yellow", "corrupt": "bold red"}
     for r in rows:
         table.add_row(
@@ -216,9 +219,12 @@ def print_rows(run_dir: Path | str, rows: list[Row]) -> None:
                 for m in ("[bold]<- resume[/]" if r.resume else "", "[bold green]best[/]" if r.best else "")
                 if m
             ),
-            *(["/".join(_seconds(getattr(r, k)) for k in timed)] if timed else []),
+            *(["/".join(_seconds(getattr(r, k)) for k in timed)] if wide else []),
         )
     out.print(table)
+    if timed and not wide:
+        times = ", ".join(f"{r.step}: " + "/".join(_seconds(getattr(r, k)) for k in timed) for r in rows)
+        out.print(f"{timing_head} by step: {times}", highlight=False, soft_wrap=True)
     for r in rows:
         if r.problems:
             more = f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else ""
