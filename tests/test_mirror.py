@@ -162,6 +162,10 @@ def test_mirror_to_s3_keeps_the_rotation_and_resumes_bit_exact(
     assert set(remote.list_checkpoints()) == _names(new)
     code, report = _verify(s3_url, capsys)
     assert code == 0 and len(report["checkpoints"]) == len(_names(new)) + 1
+    # Local and remote both at step 8: the local one wins, and the choice is said.
+    code, _, err = run_cli(["resume", s3_url, "--output-dir", new], capsys)
+    assert f"resuming from the local {new / 'checkpoint-8'} (step 8)" in err
+    assert code == 2 and "--steps" in one_error_line(err, after_logs=True)  # the run has ended
 
     path = remote.path("checkpoint-8", "policy.safetensors")
     remote.fs.pipe_file(path, _flip_last_byte(remote.fs.cat_file(path)))
@@ -261,6 +265,8 @@ def test_urls_are_recorded_without_credentials() -> None:
     assert redact(url) == "s3://bucket/runs/act"
     cfg = TrainConfig(output_dir="r", mirror=url)
     assert cfg.to_json()["mirror"] == "s3://bucket/runs/act" and cfg.mirror == url
+    with pytest.raises(PiperctlError, match="is not a URL .* file:///absolute/path"):
+        TrainConfig(output_dir="r", mirror="/mnt/volume/run").validate()
 
 
 # ---------------------------------------------------------------------------------------------

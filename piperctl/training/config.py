@@ -220,6 +220,14 @@ class TrainConfig:
             raise PiperctlError(f"--tolerance-s must be 0 or more (got {self.tolerance_s})")
         if self.lr is not None and not self.lr > 0:
             raise PiperctlError(f"--lr must be positive (got {self.lr})")
+        if self.mirror:
+            from piperctl.checkpoints.remote import is_url, redact
+
+            if not is_url(self.mirror):
+                raise PiperctlError(
+                    f"--mirror {redact(self.mirror)!r} is not a URL",
+                    hint="use s3://, gs://, az://, hf:// or file:///absolute/path (a mounted volume)",
+                )
         if self.best_metric not in BEST_METRICS:
             raise PiperctlError(
                 f"--best-metric {self.best_metric!r} is not valid",
