@@ -11,6 +11,7 @@ import logging
 import resource
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,6 +171,27 @@ def test_mirror_to_s3_keeps_the_rotation_and_resumes_bit_exact(
     path = remote.path("checkpoint-8", "policy.safetensors")
     remote.fs.pipe_file(path, _flip_last_byte(remote.fs.cat_file(path)))
     _assert_tamper_named(s3_url, capsys)
+
+
+@pytest.mark.train
+def test_a_preempted_run_exits_only_once_its_last_checkpoint_is_remote(
+    tmp_path: Path, tiny_ds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from piperctl.training.trainer import TrainingInterrupted
+
+    url = f"file://{tmp_path / 'remote'}"
+    fs = open_remote(url).fs
+    real_put = fs.put_file
+
+    def slow_put(lpath: str, rpath: str, **kwargs: object) -> None:
+        time.sleep(0.05)  # a slow link: an upload that is not waited for is still under way below
+        real_put(lpath, rpath, **kwargs)
+
+    monkeypatch.setattr(fs, "put_file", slow_put)
+    monkeypatch.setenv("PIPERCTL_FAULT", "sigterm:3")  # the scheduler's (or the cloud's) notice
+    with pytest.raises(TrainingInterrupted):
+        train_tiny(tmp_path / "run", tiny_ds, steps=8, save_every=4, mirror=url)
+    assert open_remote(url).scan("checkpoint-3").ok
 
 
 # ---------------------------------------------------------------------------------------------

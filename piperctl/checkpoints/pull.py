@@ -15,7 +15,7 @@ from piperctl.checkpoints.atomic import atomic_write_text
 from piperctl.checkpoints.format import METRICS_FILE, RUN_FILE, list_checkpoints, step_of
 from piperctl.checkpoints.lock import RunLock
 from piperctl.checkpoints.manager import find_resumable, read_run_file
-from piperctl.checkpoints.remote import Remote, open_remote, remote_error, split_checkpoint
+from piperctl.checkpoints.remote import Remote, byte_progress, open_remote, remote_error, split_checkpoint
 from piperctl.console import log
 from piperctl.errors import PiperctlError
 
@@ -79,7 +79,9 @@ def _pull(
         log(
             f"downloading {remote.display(name)} (checked against its manifest while it downloads) into {run_dir}"
         )
-        if not remote.download(check, target):
+        with byte_progress(f"downloading {name}", check.size_bytes) as on_bytes:
+            intact = remote.download(check, target, on_bytes)
+        if not intact:
             log(f"skipping {remote.display(name)}: corrupt: {'; '.join(check.problems)}")
             continue
         _fetch_run_files(remote, run_dir, step, raw_run, local_run is None)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from piperctl.checkpoints.atomic import atomic_write_text, fsync_dir, fsync_file, remove_tree, tmp_sibling
 from piperctl.checkpoints.format import MANIFEST, REQUIRED_FILES, step_of
 from piperctl.checkpoints.integrity import Found, QuickCheck, check_entries, parse_manifest
+from piperctl.console import progress_bar
 from piperctl.errors import PiperctlError
 from piperctl.fs import first_line
 
@@ -213,6 +215,22 @@ class Remote:
             remove_tree(tmp)
             raise
         return True
+
+
+@contextmanager
+def byte_progress(description: str, total_bytes: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar in MiB for streamed bytes (Rich on a terminal, log lines otherwise); yields the `on_bytes` callback."""
+    total = max(1, total_bytes >> 20)
+    with progress_bar(f"{description} (MiB)", total) as bar:
+        done = {"bytes": 0}
+
+        def on_bytes(n: int) -> None:
+            done["bytes"] += n
+            mib = min(total, done["bytes"] >> 20)
+            if mib > bar.completed:
+                bar.update(mib - bar.completed)
+
+        yield on_bytes
 
 
 def open_remote(url: str) -> Remote:

@@ -13,7 +13,7 @@ import json
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import QuickCheck
 from piperctl.checkpoints.listing import Row, Series, timings
-from piperctl.checkpoints.remote import Remote, open_remote, remote_error, split_checkpoint
+from piperctl.checkpoints.remote import Remote, byte_progress, open_remote, remote_error, split_checkpoint
 from piperctl.checkpoints.verify import Report, Target
 from piperctl.errors import PiperctlError
 
@@ -106,7 +106,7 @@ def _best_step(remote: Remote, newest: QuickCheck | None) -> int | None:
     return best.step if best is not None else None
 
 
-def verify_remote(url: str, *, quick: bool = False) -> list[Report]:
+def verify_remote(url: str, *, quick: bool = False, progress: bool = False) -> list[Report]:
     """Verify a mirrored run (or one of its checkpoints): manifests and sizes; unless `quick`, sha256 of every file streamed."""
     run_url, one = split_checkpoint(url)
     remote = open_remote(run_url)
@@ -134,7 +134,11 @@ def verify_remote(url: str, *, quick: bool = False) -> list[Report]:
             report = Report(Target(remote.display(name), kind), "quick" if quick else "full", check)
             report.ran |= {"layout", "manifest"}
             if not quick and check.manifest is not None:
-                remote.stream(check)
+                if progress:
+                    with byte_progress(f"hashing {name}", check.size_bytes) as on_bytes:
+                        remote.stream(check, on_bytes=on_bytes)
+                else:
+                    remote.stream(check)
                 report.ran.add("sha256")
             reports.append(report)
         return reports

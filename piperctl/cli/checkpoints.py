@@ -78,7 +78,7 @@ def checkpoints_verify(
         if local:  # keep the order given; local folders are hashed together
             reports += verify_paths(local, quick=quick, progress=not json_out)
             local = []
-        reports += verify_remote(path, quick=quick)
+        reports += verify_remote(path, quick=quick, progress=not json_out)
     if local:
         reports += verify_paths(local, quick=quick, progress=not json_out)
     if json_out:
