@@ -84,7 +84,8 @@ def main() -> None:
     from safetensors.torch import load_file
 
     def losses(r: Path) -> list[float]:
-        return [json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+        rows = map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
+        return [row["loss"] for row in rows if "loss" in row]  # not the checkpoint timing lines
 
     wa, wb = (
         load_file(str(ref / "pretrained_model" / "model.safetensors")),

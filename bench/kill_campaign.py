@@ -58,7 +58,8 @@ def train_cmd(run: Path, data: Path) -> list[str]:
 
 def losses(run: Path) -> list[float]:
     """Per-step losses of a run."""
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [r["loss"] for r in rows if "loss" in r]  # not the checkpoint timing lines
 
 
 def weights(run: Path) -> dict:

@@ -46,7 +46,7 @@ def measure(device: str, processes: int, args: argparse.Namespace, data: Path) -
         cmd += ["--policy-opt", f"{key}={value}"]
     run(cmd)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    step_times = [1.0 / r["steps_per_s"] for r in rows if r["step"] > args.warmup]
+    step_times = [1.0 / r["steps_per_s"] for r in rows if "steps_per_s" in r and r["step"] > args.warmup]
     step_s = statistics.median(step_times)
     state = json.loads((out / f"checkpoint-{args.steps}" / "training_state.json").read_text())
     effective = state["effective_batch_size"]

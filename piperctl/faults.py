@@ -5,6 +5,7 @@ Points (SIGKILL unless said otherwise):
 - `mid-save` / `after-save`: inside / right after writing checkpoint <step>;
 - `mid-rotate`: while --keep-last deletes an old checkpoint after saving checkpoint <step>;
 - `mid-final-save`: while the final model of a run that ended at <step> is written;
+- `mid-upload`: with `--mirror`, after the first file of checkpoint <step> is uploaded (before its manifest);
 - `disk-full`: raises OSError(ENOSPC) inside the write of checkpoint <step>, as a full disk would;
 - `kill`: SIGKILL right after optimizer step <step> (a crash between saves);
 - `sigterm` / `sigint`: that signal after optimizer step <step>, as a scheduler or Ctrl-C would.

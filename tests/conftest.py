@@ -136,11 +136,15 @@ def one_error_line(err: str, *, after_logs: bool = False, ignore: tuple[str, ...
     return lines[-1]
 
 
+def metric_rows(run: Path) -> list[dict]:
+    """The per-step training records of a run's metrics.jsonl (not its checkpoint timing lines)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "checkpoint" not in r]
+
+
 def losses(run: Path) -> list[float]:
     """The per-step training losses a run logged in metrics.jsonl."""
-    import json
-
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in metric_rows(run)]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

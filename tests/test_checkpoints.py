@@ -14,7 +14,7 @@ import pytest
 
 from piperctl import checkpoints as ckpt
 from piperctl.errors import PiperctlError
-from tests.conftest import TINY_ACT, one_error_line, run_cli
+from tests.conftest import TINY_ACT, metric_rows, one_error_line, run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "checkpoint-format.md"
 
@@ -105,7 +105,7 @@ def test_list_good_run(good_run: Path, capsys: pytest.CaptureFixture[str]) -> No
     code, out, _ = run_cli(["checkpoints", "list", good_run, "--json"], capsys)
     assert code == 0
     rows = json.loads(out)
-    metrics = {r["step"]: r for r in map(json.loads, (good_run / "metrics.jsonl").read_text().splitlines())}
+    metrics = {r["step"]: r for r in metric_rows(good_run)}
     assert [r["step"] for r in rows] == [2, 4]
     assert [r["resume"] for r in rows] == [False, True]
     assert [r["state"] for r in rows] == ["complete", "complete"]
@@ -444,6 +444,7 @@ def test_json_fields_are_stable_and_documented(good_run: Path, capsys: pytest.Ca
     assert list(row) == [
         "step", "path", "written", "size_bytes", "train_loss", "train_loss_step",
         "val_loss", "val_loss_step", "state", "checked", "resume", "best", "problems",
+        "save_s", "stall_s", "upload_s",
     ]  # fmt: skip
     problem_fields = ["check", "code", "file", "message"]
     documented = _documented_fields()

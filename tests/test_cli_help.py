@@ -107,7 +107,8 @@ def test_train_options_are_trainconfigs() -> None:
 
 def test_resume_options_are_trainconfigs_resumable_ones() -> None:
     params = _params("resume")
-    assert set(params) - {"path", "num_processes", "allow_dataset_change"} == set(TrainConfig.resumable())
+    cli_only = {"path", "num_processes", "allow_dataset_change", "output_dir"}  # --output-dir: resume URL
+    assert set(params) - cli_only == set(TrainConfig.resumable())
     for name in TrainConfig.resumable():
         p = params[name]
         assert p.opts[0] == f"--{name.replace('_', '-')}"

@@ -19,6 +19,7 @@ from piperctl.checkpoints.lock import RunLock
 from tests.conftest import (
     assert_same_weights,
     losses,
+    metric_rows,
     one_error_line,
     piperctl_cli,
     python_exe,
@@ -140,7 +141,7 @@ def test_two_trains_into_one_folder_one_wins(
     assert codes == [0, 2], results
     loser = next(err for code, err in results if code == 2)
     assert "being written by another piperctl process" in loser or "already holds" in loser, loser
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in metric_rows(run)]
     assert steps == list(range(1, 9))  # one history, not two interleaved
     code, out, _ = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, out

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from piperctl import checkpoints as ckpt
-from tests.conftest import TINY_ACT, assert_same_weights, losses, python_exe, run_cli
+from tests.conftest import TINY_ACT, assert_same_weights, losses, metric_rows, python_exe, run_cli
 
 BATCH = 4
 # Four steps of two processes, a checkpoint every second step, all of them kept.
@@ -138,7 +138,7 @@ def test_two_process_run_writes_checkpoints_that_verify(
     tensors = load_file(str(ref2 / "checkpoint-4" / ckpt.RNG_STATE_TENSORS))
     assert {"torch_cpu", "rank1.torch_cpu"} <= tensors.keys()
     assert not torch.equal(tensors["torch_cpu"], tensors["rank1.torch_cpu"])  # ranks draw different noise
-    rows = [json.loads(x) for x in (ref2 / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(ref2)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["samples"] for r in rows] == [8, 16, 24, 32]
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]

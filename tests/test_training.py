@@ -20,6 +20,7 @@ from tests.conftest import (
     TINY_ACT,
     assert_same_weights,
     losses,
+    metric_rows,
     one_error_line,
     piperctl_cli,
     python_exe,
@@ -71,7 +72,7 @@ def test_run_layout_and_keep_last(reference_run: Path) -> None:
     assert state["topology"] == [
         {"from_step": 0, "world_size": 1, "batch_size_per_process": 4, "effective_batch_size": 4}
     ]
-    rows = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(reference_run)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert {"loss", "lr", "grad_norm", "steps_per_s"} <= rows[0].keys()
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6, 8]
@@ -173,7 +174,7 @@ def test_diffusion_trains_and_resumes_exactly_with_scheduler(
         "val_episodes": None,
     }
     ref = train_tiny(tmp_path / "ref", tiny_ds, **opts)
-    lrs = [json.loads(x)["lr"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in metric_rows(tmp_path / "ref")]
     assert len(set(lrs)) > 1  # the cosine/warm-up scheduler really moves the learning rate
     monkeypatch.setenv("PIPERCTL_FAULT", "sigint:2")
     with pytest.raises(TrainingInterrupted):
@@ -194,9 +195,7 @@ def test_resume_can_extend_the_run(
     capsys.readouterr()
     result = resume(run, steps=10)
     assert result.step == 10 and (run / "checkpoint-10").is_dir()
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(
-        range(1, 11)
-    )
+    assert [r["step"] for r in metric_rows(run)] == list(range(1, 11))
     # The progress starts at the resumed step (issue 22 item 14), not at 0.
     err = capsys.readouterr().err
     assert "training: 8/10" in err and "training: 0/10" not in err

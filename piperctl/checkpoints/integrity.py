@@ -200,15 +200,17 @@ class QuickCheck:
 
 
 @dataclass
-class _Found:
+class Found:
+    """A file found in a checkpoint folder: its size and whether it is a link out of the folder."""
+
     size: int  # -1: not a regular file (a link to a folder or to nothing)
     escapes: bool  # a symbolic link whose target lies outside the checkpoint folder
 
 
-def _walk(folder: Path, recursive: bool) -> dict[str, _Found]:
+def _walk(folder: Path, recursive: bool) -> dict[str, Found]:
     """Regular files under `folder` (relative POSIX name -> size) from one scandir per folder."""
     root = folder.resolve()
-    found: dict[str, _Found] = {}
+    found: dict[str, Found] = {}
     stack = [(folder, "")]
     while stack:
         current, prefix = stack.pop()
@@ -219,25 +221,30 @@ def _walk(folder: Path, recursive: bool) -> dict[str, _Found]:
                     try:
                         target = Path(entry.path).resolve()
                     except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
-                        found[rel] = _Found(-1, escapes=False)
+                        found[rel] = Found(-1, escapes=False)
                         continue
                     inside = target == root or root in target.parents
                     # A dangling link or a linked folder is no file (size -1): missing if listed, else unexpected.
                     size = target.stat().st_size if target.is_file() else -1
-                    found[rel] = _Found(size, escapes=not inside)
+                    found[rel] = Found(size, escapes=not inside)
                 elif entry.is_file():
-                    found[rel] = _Found(entry.stat().st_size, escapes=False)
+                    found[rel] = Found(entry.stat().st_size, escapes=False)
                 elif entry.is_dir():
                     if recursive:
                         stack.append((Path(entry.path), rel + "/"))
                 elif recursive:
                     # A FIFO, socket or device: never opened (a FIFO would block a reader forever).
-                    found[rel] = _Found(-1, escapes=False)
+                    found[rel] = Found(-1, escapes=False)
     return found
 
 
 def _read_manifest(path: Path) -> dict:
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    return parse_manifest(path.read_text(encoding="utf-8"))
+
+
+def parse_manifest(text: str) -> dict:
+    """A manifest's JSON text as a dict, or ValueError when it is not a piperctl manifest."""
+    manifest = json.loads(text)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError("not a piperctl manifest")
     entries = manifest.get("files")
@@ -281,6 +288,19 @@ def scan_checkpoint(
     except (OSError, UnicodeDecodeError, ValueError) as e:
         result.add("manifest", "manifest-invalid", f"{MANIFEST} unreadable ({e})", MANIFEST)
         return result
+    check_entries(result, manifest, found, required, strict_contents)
+    return result
+
+
+def check_entries(
+    result: QuickCheck, manifest: dict, found: dict[str, Found], required: tuple[str, ...], strict: bool
+) -> None:
+    """Compare a parsed manifest with the files found (name -> size): layout, sizes, step; fills `pending`.
+
+    Shared by local folders and remote checkpoints (piperctl.checkpoints.remote), so both report the
+    same codes.
+    """
+    path, step = result.path, result.step
     result.manifest = manifest
     entries: dict = manifest["files"]
     for name in required:
@@ -317,7 +337,7 @@ def scan_checkpoint(
             )
         else:
             result.pending[path / rel] = (rel, str(info.get("sha256")))
-    if strict_contents:
+    if strict:
         for rel in sorted(found):
             if rel not in entries:
                 result.add("layout", "unexpected-file", f"unexpected file {rel} (not in the manifest)", rel)
@@ -328,7 +348,6 @@ def scan_checkpoint(
             f"folder name says step {step} but the manifest says step {manifest.get('step')}",
             MANIFEST,
         )
-    return result
 
 
 def hash_pending(

@@ -21,7 +21,7 @@ class Row:
     """One checkpoint of a run as `list` shows it."""
 
     step: int
-    path: Path
+    path: Path | str  # a local folder, or the URL of a mirrored one
     written: str | None
     size_bytes: int
     train_loss: float | None
@@ -33,6 +33,10 @@ class Row:
     resume: bool
     problems: list[str] = field(default_factory=list)
     best: bool = False  # the run's best checkpoint (lowest validation metric); `export RUN` exports it
+    # Seconds from metrics.jsonl: writing the checkpoint, the training loop's wait for it, its upload.
+    save_s: float | None = None
+    stall_s: float | None = None
+    upload_s: float | None = None
 
     def to_json(self) -> dict:
         """The stable JSON form documented in docs/checkpoint-format.md."""
@@ -50,10 +54,25 @@ class Row:
             "resume": self.resume,
             "best": self.best,
             "problems": self.problems,
+            "save_s": self.save_s,
+            "stall_s": self.stall_s,
+            "upload_s": self.upload_s,
         }
 
 
-class _Series:
+def timings(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Checkpoint name -> its save_s, stall_s and upload_s (the last recorded of each) from metrics.jsonl rows."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        name = r.get("checkpoint")
+        if isinstance(name, str):
+            for key in ("save_s", "stall_s", "upload_s"):
+                if isinstance(r.get(key), int | float):
+                    out.setdefault(name, {})[key] = float(r[key])
+    return out
+
+
+class Series:
     """Values of one metric by step, for 'the latest value at or before step N' look-ups."""
 
     def __init__(self, points: list[tuple[int, float]]) -> None:
@@ -103,14 +122,15 @@ def list_run(run_dir: Path) -> list[Row]:
     # Same rule as `piperctl resume RUN_DIR`, hashing only the candidates it would have to hash.
     picked, _ = pick_resumable(checks)
     rows = fmt.read_metrics(run_dir / fmt.METRICS_FILE)
-    train = _Series([(r["step"], float(r["loss"])) for r in rows if isinstance(r.get("loss"), int | float)])
-    val = _Series(
+    train = Series([(r["step"], float(r["loss"])) for r in rows if isinstance(r.get("loss"), int | float)])
+    val = Series(
         [(r["step"], float(r["val_loss"])) for r in rows if isinstance(r.get("val_loss"), int | float)]
     )
     from piperctl.checkpoints.sources import find_best
 
     best = find_best(run_dir)
     best_path = best[1].resolve() if best is not None else None
+    times = timings(rows)
     out: list[Row] = []
     for check in checks:
         step = check.step if check.step is not None else 0
@@ -131,6 +151,7 @@ def list_run(run_dir: Path) -> list[Row]:
                 resume=check is picked,
                 problems=list(check.problems),
                 best=best_path is not None and check.path.resolve() == best_path,
+                **times.get(check.path.name, {}),
             )
         )
     return out
@@ -142,7 +163,15 @@ def _loss(value: float | None, at: int | None, step: int) -> str:
     return f"{value:.4g}" if at == step else f"{value:.4g} @{at}"
 
 
-def print_rows(run_dir: Path, rows: list[Row]) -> None:
+def _name(path: Path | str) -> str:
+    return str(path).rstrip("/").rpartition("/")[2]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_rows(run_dir: Path | str, rows: list[Row]) -> None:
     """A Rich table of the rows on stdout, newest last, with the resume pick marked, then any problems."""
     from rich import box
     from rich.table import Table
@@ -170,6 +199,12 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
         ("pick", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)
+    timed = [k for k in ("save_s", "stall_s", "upload_s") if any(getattr(r, k) is not None for r in rows)]
+    timing_head = "/".join(k[:-2] for k in timed) + " s"
+    # The seconds get a column where the terminal is wide enough; otherwise a line under the table.
+    wide = bool(timed) and out.width >= 100
+    if wide:
+        table.add_column(timing_head, justify="right", no_wrap=True)
     colour = {"complete": "green", "incomplete": "yellow", "corrupt": "bold red"}
     for r in rows:
         table.add_row(
@@ -184,12 +219,16 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
                 for m in ("[bold]<- resume[/]" if r.resume else "", "[bold green]best[/]" if r.best else "")
                 if m
             ),
+            *(["/".join(_seconds(getattr(r, k)) for k in timed)] if wide else []),
         )
     out.print(table)
+    if timed and not wide:
+        times = ", ".join(f"{r.step}: " + "/".join(_seconds(getattr(r, k)) for k in timed) for r in rows)
+        out.print(f"{timing_head} by step: {times}", highlight=False, soft_wrap=True)
     for r in rows:
         if r.problems:
             more = f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else ""
-            out.print(f"{safe(r.path.name)} ({r.state}): {safe(r.problems[0])}{more}", highlight=False)
+            out.print(f"{safe(_name(r.path))} ({r.state}): {safe(r.problems[0])}{more}", highlight=False)
     if not any(r.resume for r in rows):
         out.print(
             "[bold red]no intact checkpoint: 'piperctl resume' would refuse this run[/]", highlight=False
@@ -200,6 +239,8 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
         style="dim",
         highlight=False,
     )
+    if not isinstance(run_dir, Path):
+        return
     leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(fmt.TMP_PREFIX)]
     if leftovers:
         out.print(

@@ -8,12 +8,15 @@ which old ones go.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.filesize import decimal
 
@@ -22,6 +25,7 @@ from piperctl.checkpoints.atomic import fsync_dir, read_json, remove_stale_tmp, 
 from piperctl.checkpoints.format import (
     LEROBOT_LAYOUT,
     MANIFEST,
+    METRICS_FILE,
     PRETRAINED_DIR,
     RUN_FILE,
     TMP_PREFIX,
@@ -42,6 +46,19 @@ from piperctl.checkpoints.integrity import (
 from piperctl.console import is_interactive, log
 from piperctl.errors import PiperctlError
 from piperctl.faults import maybe_crash
+from piperctl.fs import first_line
+
+if TYPE_CHECKING:
+    from piperctl.checkpoints.mirror import Mirror
+
+
+class Snapshot(Protocol):
+    """What a background save writes: a step and a writer filling a checkpoint folder (training.state's)."""
+
+    step: int
+
+    def write(self, folder: Path) -> None:
+        """Fill `folder` with the checkpoint's files."""
 
 
 class CheckpointManager:
@@ -59,39 +76,83 @@ class CheckpointManager:
         self._pending: Future[Path] | None = None
         # The run's best checkpoint (lowest validation metric) is never rotated away.
         self.best: Path | None = None
+        self.mirror: Mirror | None = None  # --mirror URL: the remote copy of the run folder
+
+    def attach_mirror(self, url: str, run_id: str) -> None:
+        """Mirror this run to `url` (refused when another run owns it); uploads follow each save."""
+        from piperctl.checkpoints.mirror import Mirror
+
+        self.mirror = Mirror(url, self.run_dir, run_id, lambda step, s: self.record_timing(step, upload_s=s))
+        self.mirror.claim()
+
+    def finish_mirror(self, final: bool) -> list[str]:
+        """Upload what is left (with `final`, also the final model) and wait for it; what is not remote."""
+        if self.mirror is None:
+            return []
+        if final:
+            self.mirror.upload_final()
+        else:
+            self.mirror.sync()
+        return self.mirror.wait()
 
     def should_save(self, step: int) -> bool:
         """True at every `save_every`-th step and at the last step."""
         return step % self.save_every == 0 or step == self.total_steps
 
-    def save(self, step: int, write_files: Callable[[Path], None]) -> Path:
-        """Publish checkpoint-`step` (filled by `write_files(folder)`), then apply keep-last."""
+    def save(self, step: int, write_files: Callable[[Path], None], stall_s: float | None = None) -> Path:
+        """Publish checkpoint-`step` (filled by `write_files(folder)`), then apply keep-last.
+
+        `stall_s`: how long the training loop waited for this background save (None: a synchronous
+        save, the loop waited for all of it); recorded in metrics.jsonl with the write time.
+        """
         self._warn_if_short_of_space()
         target = checkpoint_dir(self.run_dir, step)
+        started = time.perf_counter()
         try:
             path = publish(target, write_files, step)
-        except OSError as e:
-            raise save_error(e, target, self.run_dir) from e
+        except Exception as e:
+            raise writer_error(e, target, self.run_dir) from e
+        save_s = time.perf_counter() - started
         maybe_crash("after-save", step)
+        self.record_timing(step, save_s=save_s, stall_s=save_s if stall_s is None else stall_s)
         for old in rotate(self.run_dir, self.keep_last, protect=self.protect, best=self.best, step=step):
             log(f"removed old checkpoint {old.name} (--keep-last {self.keep_last})")
         self.protect = None
         self.last = path
         if not is_interactive():  # on a terminal the progress bar shows the newest checkpoint
             log(f"saved {path}")
+        if self.mirror is not None:
+            self.mirror.sync()
         return path
 
-    def save_in_background(self, step: int, write_files: Callable[[Path], None]) -> None:
-        """`save` in a background thread; at most one save is in flight (this waits for the previous one).
+    def record_timing(self, step: int, **seconds: float) -> None:
+        """Append a checkpoint's timings (save_s, stall_s, upload_s) to metrics.jsonl as their own line."""
+        record = {"step": step, "checkpoint": checkpoint_dir(self.run_dir, step).name}
+        record.update({k: round(v, 4) for k, v in seconds.items()})
+        try:
+            # One write of one line in append mode: it never interleaves with the training loop's lines.
+            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            log(
+                f"warning: cannot record checkpoint timings in {self.run_dir / METRICS_FILE}: {e.strerror or e}"
+            )
 
-        `write_files` must only read state the caller no longer changes (a copy). A failed save
+    def save_in_background(self, capture: Callable[[], Snapshot]) -> None:
+        """`save` a `capture()`d snapshot in a background thread; at most one save is in flight.
+
+        This waits for the previous save, then takes the snapshot, whose `write` must only read state
+        the caller no longer changes (a copy); the loop's wait (`stall_s`) is both. A failed save
         surfaces at the next `wait` or `raise_if_failed`; a crash of the process leaves only complete
         checkpoints (the unfinished one is a temporary folder, removed at the next start).
         """
+        started = time.perf_counter()
         self.wait()
+        snapshot = capture()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piperctl-save")
-        self._pending = self._pool.submit(self.save, step, write_files)
+        stall_s = time.perf_counter() - started
+        self._pending = self._pool.submit(self.save, snapshot.step, snapshot.write, stall_s)
 
     def wait(self) -> Path | None:
         """Wait for the save in flight, if any; its checkpoint, or its error raised here."""
@@ -107,9 +168,11 @@ class CheckpointManager:
         """Publish the final model as RUN_DIR/pretrained_model (lerobot's layout), sealed by its own manifest."""
         target = self.run_dir / PRETRAINED_DIR
         try:
-            return publish(target, write_files, step)
-        except OSError as e:
-            raise save_error(e, target, self.run_dir) from e
+            publish(target, write_files, step)
+        except Exception as e:
+            raise writer_error(e, target, self.run_dir) from e
+        self.finish_mirror(final=True)  # a finished run waits until the remote has it all
+        return target
 
     def _warn_if_short_of_space(self) -> None:
         """Say before a save, not after it failed, that the disk may not hold another checkpoint."""
@@ -125,6 +188,12 @@ class CheckpointManager:
                 f"warning: {decimal(free)} free on the disk of {self.run_dir}, the last checkpoint took "
                 f"{decimal(need)}: this save may fail (free space, or lower --keep-last)"
             )
+
+    def open(self, run_id: str, mirror: str | None = None) -> None:
+        """Before the run's work: remove leftovers of interrupted saves; claim the `mirror` URL (refused if another run owns it)."""
+        self.clean_stale()
+        if mirror:
+            self.attach_mirror(mirror, run_id)
 
     def clean_stale(self) -> list[Path]:
         """Remove what interrupted saves of ours left in the run folder, saying so."""
@@ -207,6 +276,38 @@ def find_resumable(run_dir: Path) -> tuple[Path, list[tuple[Path, str]]]:
     raise PiperctlError(
         f"no checkpoint-N folders in {run_dir}", hint="pass a run folder written by 'piperctl train'"
     )
+
+
+# How writers that are not Python's file API report an OS error: safetensors' SafetensorError says
+# "... No space left on device (os error 28)" (Rust's io::Error), its debug form "Os { code: 28, ...".
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+# torch.save's zip writer reports a failed write as a RuntimeError naming its stream writer.
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """The OSError behind a checkpoint writer's failure (OSError, safetensors' or torch.save's own errors), or None."""
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, SafetensorError | RuntimeError):
+        text = str(e)
+        found = _OS_ERROR_TEXT.search(text)
+        if found:
+            code = int(found.group(1) or found.group(2))
+            return OSError(code, os.strerror(code))
+        if isinstance(e, SafetensorError) or any(s in text for s in _TORCH_WRITE_FAILED):
+            return OSError(errno.EIO, f"the write failed ({first_line(text, 160)})")
+    return None
+
+
+def writer_error(e: Exception, target: Path, run_dir: Path) -> Exception:
+    """One line for a save whose writer failed on the disk (`save_error`); any other error unchanged."""
+    if isinstance(e, PiperctlError):
+        return e
+    os_error = as_os_error(e)
+    return e if os_error is None else save_error(os_error, target, run_dir)
 
 
 def save_error(e: OSError, target: Path, run_dir: Path) -> PiperctlError:

@@ -26,7 +26,7 @@ JSON_VERSION = 1
 class Target:
     """A folder to verify: a resumable `checkpoint` or the final `model` files of a run."""
 
-    path: Path
+    path: Path | str  # a local folder, or the URL of a mirrored one (piperctl.checkpoints.remote_inspect)
     kind: str
 
 
@@ -212,7 +212,10 @@ def print_reports(reports: list[Report], quick: bool) -> None:
     table.add_column("verdict")
     table.add_column("problems", overflow="fold")
     for r in reports:
-        final = r.target.path.name == fmt.PRETRAINED_DIR or (r.target.path / fmt.RUN_FILE).exists()
+        path = r.target.path
+        final = str(path).rstrip("/").endswith(fmt.PRETRAINED_DIR) or (
+            isinstance(path, Path) and (path / fmt.RUN_FILE).exists()
+        )
         label = (" (final model)" if final else " (model)") if r.target.kind == "model" else ""
         name = str(r.target.path) + label
         verdict = "[green]pass[/]" if r.passed else f"[bold red]fail[/] ({r.result.state})"
@@ -225,6 +228,8 @@ def print_reports(reports: list[Report], quick: bool) -> None:
         if quick
         else "sha256 and deep load"
     )
+    if not quick and any(not isinstance(r.target.path, Path) for r in reports):
+        what += " (remote checkpoints: sha256 of the streamed files; deep loads need a local copy)"
     status = (
         f"[bold red]{failed} of {len(reports)} failed[/]"
         if failed

@@ -99,6 +99,7 @@ def train_cmd(
     ),
     cache_dir: Annotated[Path | None, _opt("cache_dir")] = _default("cache_dir"),
     deterministic: Annotated[bool, _opt("deterministic")] = _default("deterministic"),
+    mirror: Annotated[str | None, _opt("mirror", metavar="URL")] = _default("mirror"),
     num_processes: Annotated[int, typer.Option(help=_NUM_PROCESSES_HELP, min=1)] = 1,
 ) -> None:
     """Train a LeRobot policy, saving verified checkpoint-N folders as it goes."""
@@ -131,7 +132,12 @@ def _resume(path: Path, **changes: Any) -> None:
 def resume_cmd(
     ctx: typer.Context,
     path: Annotated[
-        Path, typer.Argument(help="A checkpoint-N folder, or a run folder (newest intact checkpoint).")
+        str,
+        typer.Argument(
+            help="A checkpoint-N folder, a run folder (newest intact checkpoint), or a --mirror URL "
+            "(newest verified remote checkpoint; URL/checkpoint-N picks one).",
+            metavar="PATH",
+        ),
     ],
     steps: Annotated[int | None, _resume_opt("steps")] = None,
     save_every: Annotated[int | None, _resume_opt("save_every")] = None,
@@ -148,6 +154,16 @@ def resume_cmd(
     ] = None,
     frame_cache: Annotated[bool | None, _resume_opt("frame_cache", "--frame-cache/--no-frame-cache")] = None,
     cache_dir: Annotated[Path | None, _resume_opt("cache_dir")] = None,
+    mirror: Annotated[str | None, _resume_opt("mirror", metavar="URL")] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="With a URL: the local run folder to download into and continue in (default: a folder "
+            "named after the remote run).",
+        ),
+    ] = None,
     allow_dataset_change: Annotated[bool, _opt("allow_dataset_change")] = _default("allow_dataset_change"),
     num_processes: Annotated[
         int,
@@ -158,13 +174,29 @@ def resume_cmd(
         ),
     ] = 1,
 ) -> None:
-    """Continue a run exactly where a checkpoint left it."""
+    """Continue a run exactly where a checkpoint left it (also on a fresh machine, from a --mirror URL)."""
+    from piperctl.checkpoints.remote import is_url
+
     if num_processes > 1:
         from piperctl.checkpoints.format import step_of
 
+        if is_url(path):
+            # Download once here; every rank then resumes from the local copy and keeps mirroring.
+            from piperctl.training.api import pull_remote
+
+            local, url = pull_remote(path, output_dir)
+            ctx.params.update(path=str(local), mirror=mirror or url, output_dir=None)
+            path = str(local)
+        local_path = Path(path)
         # After a crash the run's newest intact checkpoint is the one to go on from, not PATH's.
-        _launch_workers(ctx, num_processes, path if step_of(path) is None else path.parent)
-    _resume(path, allow_dataset_change=allow_dataset_change, **_resume_changes(dict(locals())))
+        _launch_workers(ctx, num_processes, local_path if step_of(local_path) is None else local_path.parent)
+    changes = _resume_changes(dict(locals()))
+    _resume(
+        path if is_url(path) else Path(path),
+        output_dir=output_dir,
+        allow_dataset_change=allow_dataset_change,
+        **changes,
+    )
 
 
 def relaunch_args(ctx: Any, drop: tuple[str, ...] = ("num_processes",)) -> list[str]:

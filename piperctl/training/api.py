@@ -24,6 +24,8 @@ from piperctl.checkpoints.manager import (
     resolve_checkpoint,
     write_run_file,
 )
+from piperctl.checkpoints.pull import pull
+from piperctl.checkpoints.remote import is_url
 from piperctl.console import log
 from piperctl.errors import PiperctlError
 from piperctl.training import distributed
@@ -89,6 +91,16 @@ def resume(
     """
     lock = RunLock()
     with distributed.errors_once():
+        if is_url(path):
+            # A --mirror URL: the newer intact of the remote's and the local folder's checkpoints,
+            # downloaded (verified) when remote; the run keeps mirroring there.
+            try:
+                path, url = pull(str(path), Path(output_dir) if output_dir is not None else None, lock)
+            except BaseException:
+                lock.release()
+                raise
+            output_dir = None
+            changes["mirror"] = changes.get("mirror") or url
         saved = _saved_config(path)
         dist = distributed.init(
             lambda: resolve_device(changes.get("device") or _saved_device(saved)),
@@ -105,6 +117,15 @@ def resume(
             return Trainer(cfg, folder.parent, run_id, dist, scorer).run(start=(folder, state))
         finally:
             lock.release()
+
+
+def pull_remote(url: str, output_dir: Path | None) -> tuple[Path, str]:
+    """Download what `resume URL` resumes from (see piperctl.checkpoints.pull): its local folder and the run's URL."""
+    lock = RunLock()
+    try:
+        return pull(url, output_dir, lock)
+    finally:
+        lock.release()
 
 
 def _refuse_file(run_dir: Path) -> None:

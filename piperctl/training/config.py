@@ -125,6 +125,13 @@ class TrainConfig:
     deterministic: bool = option(
         False, "Use torch's deterministic algorithms (exact resume on CUDA; slower).", resumable=True
     )
+    mirror: str | None = option(
+        None,
+        "Also upload each checkpoint, run.json and the final model in the background to this URL "
+        "(s3://, gs://, az://, hf://, file://; credentials from each backend's usual place; docs/cloud.md).",
+        resumable=True,
+        resume_help="Upload checkpoints to this URL (default: the run's own --mirror, if any).",
+    )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -172,8 +179,13 @@ class TrainConfig:
         return cfg
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form stored in checkpoints."""
-        return dataclasses.asdict(self)
+        """The JSON form stored in checkpoints (a --mirror URL without its credentials)."""
+        data = dataclasses.asdict(self)
+        if data.get("mirror"):
+            from piperctl.checkpoints.remote import redact
+
+            data["mirror"] = redact(data["mirror"])
+        return data
 
     def validate(self) -> None:
         """Refuse nonsensical values with one clear line each."""
@@ -208,6 +220,14 @@ class TrainConfig:
             raise PiperctlError(f"--tolerance-s must be 0 or more (got {self.tolerance_s})")
         if self.lr is not None and not self.lr > 0:
             raise PiperctlError(f"--lr must be positive (got {self.lr})")
+        if self.mirror:
+            from piperctl.checkpoints.remote import is_url, redact
+
+            if not is_url(self.mirror):
+                raise PiperctlError(
+                    f"--mirror {redact(self.mirror)!r} is not a URL",
+                    hint="use s3://, gs://, az://, hf:// or file:///absolute/path (a mounted volume)",
+                )
         if self.best_metric not in BEST_METRICS:
             raise PiperctlError(
                 f"--best-metric {self.best_metric!r} is not valid",

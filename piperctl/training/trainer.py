@@ -111,7 +111,7 @@ class Trainer:
         self.precision = Precision(cfg.precision or "fp32", self.device, dist.accelerator)
         build.use_determinism(cfg.deterministic)
         if dist.is_main:
-            self.ckpts.clean_stale()
+            self.ckpts.open(self.run_id, mirror=cfg.mirror)
         self.split = build.open_split(cfg)
         if start is None:
             self.parts = build.fresh_model(cfg, self.device, self.split)
@@ -152,11 +152,9 @@ class Trainer:
         (returns None; the checkpoint appears when the write completes).
         """
         if background:
-            self.ckpts.wait()  # the CPU copies are reused: the previous save must be done with them
-        snapshot = self.state.capture(copy=background)
-        if background:
-            self.ckpts.save_in_background(snapshot.step, snapshot.write)
+            self.ckpts.save_in_background(lambda: self.state.capture(copy=True))
             return None
+        snapshot = self.state.capture(copy=False)
         # One writer; the other ranks wait for its verdict, so none runs ahead of (or outlives) a failed save.
         path = self.dist.all_or_none(lambda: self.ckpts.save(snapshot.step, snapshot.write), main_only=True)
         self.ckpts.last = path
@@ -342,6 +340,7 @@ class Trainer:
         if self.ckpts.last is None or step_of(self.ckpts.last) != self.step:
             self.save_checkpoint()
         metrics.close()
+        self.ckpts.finish_mirror(final=False)  # preempted: get the checkpoint just saved off the machine
         self.dist.close()
         raise TrainingInterrupted(
             f"{name} at step {self.step}: saved {self.ckpts.last}",
