@@ -258,3 +258,35 @@ def _limits(
                 )
             )
     return out
+
+
+def feature_units(names: list[str], mins: list[float], maxs: list[float]) -> dict[str, str]:
+    """The joint and gripper conventions a PiPER vector's overall value ranges fit: {"joints": "rad", "gripper": "m"}.
+
+    A group is left out when its names are not PiPER joints or its range fits several conventions.
+    """
+    dims = piper_dims(names)
+    out: dict[str, str] = {}
+    joints = {k: (float(mins[i]), float(maxs[i])) for i, k in dims.items() if k != "gripper"}
+    if joints and len(found := _joint_units(joints)) == 1:  # type: ignore[arg-type]
+        out["joints"] = next(iter(found))
+    grippers = [i for i, k in dims.items() if k == "gripper"]
+    found = _gripper_units(float(mins[grippers[0]]), float(maxs[grippers[0]])) if grippers else set()
+    # A plugin records its gripper in the convention of its joints: that settles "mm or 0..100".
+    paired = {"rad": "m", "deg": "mm", "percent": "0..100"}.get(out.get("joints", ""))
+    if len(found) == 1 or paired in found:
+        out["gripper"] = next(iter(found)) if len(found) == 1 else str(paired)
+    return out
+
+
+def unit_affine(dim: int | str, unit: str) -> tuple[float, float]:
+    """(a, b) with value_in_unit = a * value_in_rad_or_m + b, for PiPER joint `dim` (1..6 or "gripper")."""
+    if dim == "gripper":
+        return {"m": 1.0, "mm": 1000.0, "0..100": 100.0 / PIPER_GRIPPER_M[1]}[unit], 0.0
+    if unit == "deg":
+        return 180.0 / math.pi, 0.0
+    if unit == "percent":
+        lo, hi = PIPER_JOINT_LIMITS_RAD[int(dim)]
+        a = 200.0 / (hi - lo)
+        return a, -100.0 - lo * a
+    return 1.0, 0.0

@@ -238,30 +238,44 @@ class Trainer:
         return float(value)
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean loss over the held-out episodes, seeded so it neither varies nor disturbs training RNG."""
-        total, count = 0.0, 0
+    def validate(self) -> dict[str, float]:
+        """Mean loss over the held-out episodes of each dataset and of all ("val_loss"), seeded so it neither varies nor disturbs training RNG."""
+        sums: list[float] = []
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(self.cfg.seed)
             # Training mode without gradients: ACT only computes its full loss in training mode.
-            for batch in self.feed.val_loader or []:
-                n = len(batch["index"])
-                with self.precision.autocast():
-                    loss, _ = self._forward(self.policy, batch)
-                total += float(loss) * n
-                count += n
+            for _, loader in self.feed.val_loaders:
+                total, count = 0.0, 0
+                for batch in loader:
+                    n = len(batch["index"])
+                    with self.precision.autocast():
+                        loss, _ = self._forward(self.policy, batch)
+                    total += float(loss) * n
+                    count += n
+                sums += [total, count]
         # Each rank scored its own share of the validation frames.
-        total, count = self.dist.sum([total, count])
-        return total / max(count, 1)
+        sums = self.dist.sum(sums)
+        totals, counts = sums[0::2], sums[1::2]
+        out = {"val_loss": sum(totals) / max(sum(counts), 1)}
+        if len(self.split.sources) > 1:
+            for (name, _), total, count in zip(self.feed.val_loaders, totals, counts, strict=True):
+                out[f"val_loss/{name}"] = total / max(count, 1)
+        return out
 
     def run(self, start: tuple[Path, TrainingState] | None) -> TrainResult:
         """Train until `cfg.steps`, checkpointing when the manager says so and on SIGINT/SIGTERM."""
         cfg, dist = self.cfg, self.dist
         dist.all_or_none(lambda: self.setup(start))
-        if self.feed.val_loader is not None and self.best_metric == "val_action_nmae" and self.scorer is None:
-            raise PiperctlError(
-                "--best-metric val_action_nmae needs the open-loop scorer: train with piperctl.train"
-            )
+        if self.feed.val_loaders and self.best_metric == "val_action_nmae":
+            if self.scorer is None:
+                raise PiperctlError(
+                    "--best-metric val_action_nmae needs the open-loop scorer: train with piperctl.train"
+                )
+            if len(self.split.sources) > 1:
+                raise PiperctlError(
+                    "--best-metric val_action_nmae (--eval-every) scores one dataset, this run trains on several",
+                    hint="use --best-metric val_loss (validation loss per dataset and overall)",
+                )
         # DDP wraps the model only once every rank has built it: its constructor is a collective.
         self.model, self.parts.optimizer = dist.prepare(self.policy, self.parts.optimizer)
         if start is None:
@@ -301,10 +315,8 @@ class Trainer:
                     "samples": self.progress.samples_seen,
                 }
                 new_best = False
-                if self.feed.val_loader is not None and (
-                    self.step % eval_every == 0 or self.step == cfg.steps
-                ):
-                    record["val_loss"] = self.validate()
+                if self.feed.val_loaders and (self.step % eval_every == 0 or self.step == cfg.steps):
+                    record.update(self.validate())
                     if self.best_metric == "val_action_nmae":
                         record["val_action_nmae"] = self.validate_open_loop()
                     new_best = self._update_best(record[self.best_metric])
