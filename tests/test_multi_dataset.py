@@ -37,7 +37,7 @@ def synth(out: Path, *args: str) -> Path:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two camera-less recordings of the same arm: one in radians (gripper m), one in degrees (gripper mm)."""
     base = tmp_path_factory.mktemp("mix")
-    common = ["--episodes", "3", "--frames", "14:18", "--cameras", "none", "--env-state"]
+    common = ["--episodes", "3", "--frames", "20:26", "--cameras", "none", "--env-state"]
     rad = synth(base / "day1", *common, "--units", "radians", "--seed", "3")
     deg = synth(base / "day2", *common, "--units", "degrees", "--seed", "4")
     return rad, deg

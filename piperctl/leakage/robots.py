@@ -260,22 +260,25 @@ def _limits(
     return out
 
 
-def feature_units(names: list[str], mins: list[float], maxs: list[float]) -> dict[str, str]:
-    """The joint and gripper conventions a PiPER vector's overall value ranges fit: {"joints": "rad", "gripper": "m"}.
+def feature_units(names: list[str], mins: list[float], maxs: list[float]) -> dict[str, list[str]]:
+    """The joint and gripper conventions a PiPER vector's overall value ranges fit: {"joints": ["rad"], "gripper": ["m"]}.
 
-    A group is left out when its names are not PiPER joints or its range fits several conventions.
+    Several candidates when the ranges fit several; a group is left out when its names are not
+    PiPER joints or its values tell nothing (all zero).
     """
     dims = piper_dims(names)
-    out: dict[str, str] = {}
+    order = (*JOINT_UNITS, *GRIPPER_UNITS)
+    out: dict[str, list[str]] = {}
     joints = {k: (float(mins[i]), float(maxs[i])) for i, k in dims.items() if k != "gripper"}
-    if joints and len(found := _joint_units(joints)) == 1:  # type: ignore[arg-type]
-        out["joints"] = next(iter(found))
+    if joints and (found := _joint_units(joints)):  # type: ignore[arg-type]
+        out["joints"] = sorted(found, key=order.index)
     grippers = [i for i, k in dims.items() if k == "gripper"]
     found = _gripper_units(float(mins[grippers[0]]), float(maxs[grippers[0]])) if grippers else set()
     # A plugin records its gripper in the convention of its joints: that settles "mm or 0..100".
-    paired = {"rad": "m", "deg": "mm", "percent": "0..100"}.get(out.get("joints", ""))
-    if len(found) == 1 or paired in found:
-        out["gripper"] = next(iter(found)) if len(found) == 1 else str(paired)
+    joint = out.get("joints", [])
+    paired = {"rad": "m", "deg": "mm", "percent": "0..100"}.get(joint[0]) if len(joint) == 1 else None
+    if found:
+        out["gripper"] = [paired] if paired in found else sorted(found, key=order.index)
     return out
 
 

@@ -84,6 +84,7 @@ class Source:
     val_episodes: list[int]
     rename: dict[str, str]  # recorded name -> policy name, for the features this dataset has
     units: dict[str, str] = field(default_factory=dict)  # "joints"/"gripper" -> robots' unit code
+    unsure: dict[str, list[str]] = field(default_factory=dict)  # groups whose ranges fit several units
     # policy feature -> (scale, offset) per dimension, to the first dataset's units (--convert-units)
     convert: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     weight: float | None = None
@@ -259,9 +260,20 @@ def set_units(sources: list[Source], convert: bool) -> None:
         state = stats.get("observation.state")
         names = _flat(s.meta.features.get("observation.state", {}).get("names"))
         if "piper" in str(s.meta.robot_type or "").lower() and state is not None and names:
-            s.units = feature_units([str(n) for n in names], list(state["min"]), list(state["max"]))
+            found = feature_units([str(n) for n in names], list(state["min"]), list(state["max"]))
+            s.units = {g: u[0] for g, u in found.items() if len(u) == 1}
+            s.unsure = {g: u for g, u in found.items() if len(u) > 1}
     first = sources[0]
     for s in sources[1:]:
+        for a, b in ((s, first), (first, s)):
+            g = next((g for g, u in a.unsure.items() if g in b.units and b.units[g] not in u), None)
+            if g is not None:
+                fits = " or ".join(UNIT_TEXT[u] for u in a.unsure[g])
+                raise PiperctlError(
+                    f"dataset {a.spec.name}'s {g} values fit {fits}, dataset {b.spec.name}'s "
+                    f"{UNIT_TEXT[b.units[g]]}: they differ, and which unit to convert from is not clear",
+                    hint="train on datasets recorded in one unit (the leakage scan's --robot piper profile shows them)",
+                )
         differ = [
             g
             for g in ("joints", "gripper")
@@ -400,7 +412,9 @@ def describe(sources: list[Source]) -> list[str]:
 
     lines = []
     for i, s in enumerate(sources):
-        units = ", ".join(f"{g} in {UNIT_TEXT[u]}" for g, u in s.units.items()) or "units unknown"
+        known = [f"{g} in {UNIT_TEXT[u]}" for g, u in s.units.items()]
+        known += [f"{g} in {' or '.join(UNIT_TEXT[u] for u in us)}" for g, us in s.unsure.items()]
+        units = ", ".join(known) or "units unknown"
         extra = "".join(f", renamed {k} -> {v}" for k, v in s.rename.items())
         if s.convert:
             first = sources[0].units
