@@ -16,6 +16,7 @@ from typing import Any
 
 from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError
+from piperctl.hub import dataset_source
 
 DEFAULT_DATASET_ID = "ISdept/piper_arm"
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
@@ -190,9 +191,7 @@ class TrainConfig:
             cfg.rename_map = json.dumps(cfg.rename_map, sort_keys=True)
         if isinstance(cfg.dataset_weights, list | tuple):
             cfg.dataset_weights = ",".join(str(w) for w in cfg.dataset_weights)
-        from piperctl.training.multi_dataset import spec_of
-
-        first = spec_of(cfg.dataset[0]).id if cfg.dataset else None
+        first = dataset_source(cfg.dataset[0])[0] if cfg.dataset else None
         if cfg.dataset and (cfg.dataset_root or dataset_id not in (None, first)):
             raise PiperctlError(
                 "--dataset and --dataset-id/--dataset-root both name the training data",

@@ -42,11 +42,11 @@ class DatasetSpec:
 
 def spec_of(text: str) -> DatasetSpec:
     """A `--dataset` SPEC: an existing folder (or a path-like one) is local; `owner/name[@revision]` a Hub id."""
-    path = Path(text).expanduser()
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        return DatasetSpec(text, f"local/{path.resolve().name}", str(path), None, path.name)
-    repo, _, revision = text.partition("@")
-    return DatasetSpec(text, repo, None, revision or None, repo.split("/")[-1])
+    from piperctl.hub import dataset_source
+
+    dataset_id, root, revision = dataset_source(text)
+    name = root.name if root is not None else dataset_id.split("/")[-1]
+    return DatasetSpec(text, dataset_id, str(root) if root is not None else None, revision, name)
 
 
 def parse_specs(cfg: TrainConfig) -> list[DatasetSpec]:
@@ -112,6 +112,11 @@ def open_sources(cfg: TrainConfig) -> list[Source]:
         s.weight = w
     require_compatible(sources, renames)
     set_units(sources, cfg.convert_units)
+    if len(sources) > 1 and cfg.val_episodes and cfg.resolved_best_metric() == "val_action_nmae":
+        raise PiperctlError(
+            "--best-metric val_action_nmae (--eval-every) scores one dataset, this run trains on several",
+            hint="use --best-metric val_loss (validation loss per dataset and overall)",
+        )
     return sources
 
 

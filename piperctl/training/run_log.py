@@ -79,6 +79,15 @@ def log_world_size_change(
     log("a resume with another world size is not bit-exact with either world size (see docs/distributed.md)")
 
 
+def val_losses(sums: list[float], names: list[str], per_dataset: bool) -> dict[str, float]:
+    """`val_loss` over every held-out frame and (`per_dataset`) `val_loss/NAME` of each, from (total, count) pairs."""
+    totals, counts = sums[0::2], sums[1::2]
+    out = {"val_loss": sum(totals) / max(sum(counts), 1)}
+    if per_dataset:
+        out |= {f"val_loss/{n}": t / max(c, 1) for n, t, c in zip(names, totals, counts, strict=True)}
+    return out
+
+
 def bar_fields(record: dict[str, Any], steps_per_s: float, last: Path | None) -> dict[str, str]:
     """The fields beside the training progress bar: loss, lr, speed, validation loss, newest checkpoint."""
     fields = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.1e}", "steps/s": f"{steps_per_s:.2f}"}

@@ -239,43 +239,29 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss over the held-out episodes of each dataset and of all ("val_loss"), seeded so it neither varies nor disturbs training RNG."""
-        sums: list[float] = []
+        """Mean loss over the held-out episodes, overall and per dataset; seeded so it neither varies nor disturbs training RNG."""
+        sums: list[float] = []  # frames' loss total, frame count: per dataset
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(self.cfg.seed)
             # Training mode without gradients: ACT only computes its full loss in training mode.
             for _, loader in self.feed.val_loaders:
-                total, count = 0.0, 0
+                sums += [0.0, 0]
                 for batch in loader:
-                    n = len(batch["index"])
                     with self.precision.autocast():
                         loss, _ = self._forward(self.policy, batch)
-                    total += float(loss) * n
-                    count += n
-                sums += [total, count]
+                    sums[-2:] = [sums[-2] + float(loss) * len(batch["index"]), sums[-1] + len(batch["index"])]
         # Each rank scored its own share of the validation frames.
-        sums = self.dist.sum(sums)
-        totals, counts = sums[0::2], sums[1::2]
-        out = {"val_loss": sum(totals) / max(sum(counts), 1)}
-        if len(self.split.sources) > 1:
-            for (name, _), total, count in zip(self.feed.val_loaders, totals, counts, strict=True):
-                out[f"val_loss/{name}"] = total / max(count, 1)
-        return out
+        names = [name for name, _ in self.feed.val_loaders]
+        return run_log.val_losses(self.dist.sum(sums), names, per_dataset=len(self.split.sources) > 1)
 
     def run(self, start: tuple[Path, TrainingState] | None) -> TrainResult:
         """Train until `cfg.steps`, checkpointing when the manager says so and on SIGINT/SIGTERM."""
         cfg, dist = self.cfg, self.dist
         dist.all_or_none(lambda: self.setup(start))
-        if self.feed.val_loaders and self.best_metric == "val_action_nmae":
-            if self.scorer is None:
-                raise PiperctlError(
-                    "--best-metric val_action_nmae needs the open-loop scorer: train with piperctl.train"
-                )
-            if len(self.split.sources) > 1:
-                raise PiperctlError(
-                    "--best-metric val_action_nmae (--eval-every) scores one dataset, this run trains on several",
-                    hint="use --best-metric val_loss (validation loss per dataset and overall)",
-                )
+        if self.feed.val_loaders and self.best_metric == "val_action_nmae" and self.scorer is None:
+            raise PiperctlError(
+                "--best-metric val_action_nmae needs the open-loop scorer: train with piperctl.train"
+            )
         # DDP wraps the model only once every rank has built it: its constructor is a collective.
         self.model, self.parts.optimizer = dist.prepare(self.policy, self.parts.optimizer)
         if start is None:
