@@ -44,7 +44,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 # The mixed run the tests compare: weights 1,3, degrees converted to radians, one held-out episode each.
-MIX = {"steps": 6, "batch_size": 4, "save_every": 2, "num_workers": 0, "val_episodes": "1", "seed": 5}
+MIX = {"steps": 4, "batch_size": 4, "save_every": 2, "num_workers": 0, "val_episodes": "1", "seed": 5}
 
 
 def mix_args(run: Path, pair: tuple[Path, Path], **overrides: object) -> list[str]:
@@ -57,7 +57,7 @@ def mix_args(run: Path, pair: tuple[Path, Path], **overrides: object) -> list[st
 
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory: pytest.TempPathFactory, pair: tuple[Path, Path]) -> Path:
-    """An uninterrupted 6-step run over both datasets (checkpoints at 2, 4, 6)."""
+    """An uninterrupted 4-step run over both datasets (checkpoints at 2 and 4)."""
     from piperctl import train
 
     run = tmp_path_factory.mktemp("mixed") / "run"
@@ -89,7 +89,7 @@ def test_mixed_run_records_every_dataset_and_the_conversion(
 ) -> None:
     from safetensors.torch import load_file
 
-    state = json.loads((mixed_run / "checkpoint-6" / ckpt.TRAINING_STATE).read_text())
+    state = json.loads((mixed_run / "checkpoint-4" / ckpt.TRAINING_STATE).read_text())
     day1, day2 = state["datasets"]
     assert state["dataset"] == day1 and [day1["name"], day2["name"]] == ["day1", "day2"]
     assert (day1["weight"], day2["weight"]) == (1.0, 3.0) and day1["root"] == str(pair[0])
@@ -107,7 +107,7 @@ def test_mixed_run_records_every_dataset_and_the_conversion(
     assert float(stats["observation.state.std"][:6].max()) > 0.01
     rows = [json.loads(x) for x in (mixed_run / ckpt.METRICS_FILE).read_text().splitlines()]
     val = [r for r in rows if "val_loss" in r]
-    assert [r["step"] for r in val] == [2, 4, 6]
+    assert [r["step"] for r in val] == [2, 4]
     for r in val:  # the overall loss is the frame-weighted mean of the per-dataset ones (equal frames here)
         assert (
             min(r["val_loss/day1"], r["val_loss/day2"])
@@ -124,7 +124,7 @@ def test_sigkill_then_resume_over_two_datasets_is_bit_exact(
     tmp_path: Path, pair: tuple[Path, Path], mixed_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    res = piperctl_cli(mix_args(run, pair, num_workers=2), env={"PIPERCTL_FAULT": "after-save:4"})
+    res = piperctl_cli(mix_args(run, pair, num_workers=2), env={"PIPERCTL_FAULT": "after-save:2"})
     assert res.returncode == -signal.SIGKILL, res.stderr
     head = [ln for ln in res.stderr.splitlines() if ln.startswith("dataset ")]
     assert head[0].startswith("dataset 1/2 day1: 3 episodes (2 train / 1 val)") and "30 fps" in head[0]
@@ -133,7 +133,7 @@ def test_sigkill_then_resume_over_two_datasets_is_bit_exact(
     assert code == 0, err
     assert losses(run) == losses(mixed_run)
     assert_same_weights(run, mixed_run)
-    assert_same_weights(run / "checkpoint-6", mixed_run / "checkpoint-6")
+    assert_same_weights(run / "checkpoint-4", mixed_run / "checkpoint-4")
     code, _, err = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, err
 
@@ -144,16 +144,16 @@ def test_resume_refuses_other_datasets(mixed_run: Path, pair: tuple[Path, Path])
     from piperctl.training.config import TrainConfig
     from piperctl.training.multi_dataset import open_sources, require_same_datasets
 
-    state = ckpt.TrainingState.read(mixed_run / "checkpoint-6")
+    state = ckpt.TrainingState.read(mixed_run / "checkpoint-4")
     assert state is not None
-    folder = mixed_run / "checkpoint-6"
+    folder = mixed_run / "checkpoint-4"
     options = {"convert_units": True, "val_episodes": "1"}
     same = open_sources(TrainConfig.from_options("x", None, {"dataset": [str(p) for p in pair], **options}))
     assert require_same_datasets(same, state, folder, allow=False)
     swapped = open_sources(
         TrainConfig.from_options("x", None, {"dataset": [str(p) for p in pair[::-1]], **options})
     )
-    with pytest.raises(PiperctlError, match="dataset day2 differs from the one checkpoint checkpoint-6"):
+    with pytest.raises(PiperctlError, match="dataset day2 differs from the one checkpoint checkpoint-4"):
         require_same_datasets(swapped, state, folder, allow=False)
     assert not require_same_datasets(swapped, state, folder, allow=True)
     one = open_sources(TrainConfig.from_options("x", None, {"dataset": [str(pair[0])]}))

@@ -205,7 +205,7 @@ def print_rows(run_dir: Path, rows: list[Row]) -> None:
         )
     out.print(table)
     for line in dataset_lines(rows):
-        out.print(safe(line), highlight=False)
+        out.print(safe(line), highlight=False, soft_wrap=True)
     for r in rows:
         if r.problems:
             more = f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else ""
