@@ -240,3 +240,19 @@ def test_two_datasets_with_other_camera_names_train_together_with_a_rename_map(
     assert rows[-1]["val_loss"] == rows[-1]["val_loss/home"] and "val_loss/lab" not in rows[-1]
     code, _, err = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, err
+
+
+def test_weighted_order_draws_by_weight_and_resumes_from_any_position() -> None:
+    from piperctl.training.mixed_data import WeightedSampler
+
+    frames = [list(range(40)), list(range(100, 140))]
+    sampler = WeightedSampler(frames, [1.0, 3.0], seed=7)
+    epoch0 = list(sampler)
+    assert len(epoch0) == 80 and 50 <= sum(i >= 100 for i in epoch0) <= 70  # about 3/4 from the second
+    # every frame of a dataset comes once before any comes twice (reshuffled only when used up)
+    first = [i for i in epoch0 if i < 100]
+    assert len(set(first)) == len(first)
+    again = WeightedSampler(frames, [1.0, 3.0], seed=7)
+    again.load_state_dict({"epoch": 0, "start_index": 33})
+    assert list(again) == epoch0[33:]
+    assert list(again) != epoch0  # the next epoch is another order

@@ -228,10 +228,10 @@ class Trainer:
         cfg, p = self.cfg, self.parts
         value = None
         if self.dist.is_main:
-            root = str(cfg.dataset_root) if cfg.dataset_root else None
+            (source,) = self.split.sources  # one dataset: open_split refuses this metric with several
             value = self.scorer(
-                p.policy, p.preprocessor, p.postprocessor, self.split.meta, self.split.val_episodes,
-                dataset_id=cfg.dataset_id, dataset_root=root, seed=cfg.seed,
+                p.policy, p.preprocessor, p.postprocessor, source.meta, source.val_episodes,
+                dataset_id=source.spec.id, dataset_root=source.spec.root, seed=cfg.seed,
             )  # fmt: skip
         value = self.dist.broadcast(value)
         p.policy.train()
