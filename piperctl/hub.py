@@ -57,3 +57,17 @@ def offline() -> bool:
         "YES",
         "TRUE",
     )
+
+
+def dataset_source(text: str) -> tuple[str, Path | None, str | None]:
+    """A DATASET argument that may end in `@revision`: (dataset id, local folder or None, Hub revision or None).
+
+    A folder's id is `local/<its name>` (never looked up on the Hub); `owner/name@rev` is a Hub id at a revision.
+    """
+    found = local_or_repo_id(text)
+    if isinstance(found, str):
+        return found, None, None
+    repo, sep, revision = text.rpartition("@")
+    if sep and revision and not found.exists() and is_repo_id(repo):
+        return repo, None, revision
+    return f"local/{found.resolve().name}", found, None

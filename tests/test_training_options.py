@@ -113,7 +113,7 @@ def test_augmentation_touches_training_batches_only(tmp_path: Path, tiny_cam_ds:
     trainer.setup(None)
     feed = trainer.feed
     assert feed.loader.dataset.transform is not None
-    assert feed.val_loader is not None and feed.val_loader.dataset.transform is None
+    assert feed.val_loaders and all(loader.dataset.transform is None for _, loader in feed.val_loaders)
     train_item = feed.loader.dataset[(0, 0)]
     plain = feed.dataset[0]
     camera = trainer.split.meta.camera_keys[0]

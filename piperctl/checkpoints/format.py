@@ -180,6 +180,19 @@ class DatasetInfo:
     total_frames: int
     train_episodes: list[int]
     val_episodes: list[int]
+    # Of one dataset among several (`train --dataset A --dataset B`); absent in older checkpoints.
+    spec: str | None = None  # as named on the command line
+    name: str | None = None  # short name in messages and metrics
+    revision: str | None = None  # Hub revision asked for
+    weight: float | None = None  # sampling weight (--dataset-weights)
+    rename_map: dict[str, str] = field(default_factory=dict)  # recorded name -> policy name
+    units: dict[str, str] = field(default_factory=dict)  # joints/gripper -> unit as recorded
+    converted_to: dict[str, str] = field(default_factory=dict)  # joints/gripper -> unit trained in
+
+    @classmethod
+    def from_json(cls, data: dict) -> DatasetInfo:
+        """Parse one dataset entry (keys a version lacks get their defaults)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and data[k] is not None})
 
 
 @dataclass
@@ -280,6 +293,8 @@ class TrainingState:
     created: str = field(default_factory=utc_now)
     resumed_from: str | None = None
     best: BestCheckpoint | None = None
+    # Every dataset of the run, in order (`dataset` is the first); empty in checkpoints before issue 18.
+    datasets: list[DatasetInfo] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """The JSON object written to training_state.json."""
@@ -336,9 +351,7 @@ class TrainingState:
             config=dict(data["config"]),
             policy_type=data.get("policy_type"),
             feature_shapes=dict(data.get("feature_shapes") or {}),
-            dataset=DatasetInfo(**{k: dataset.get(k) for k in DatasetInfo.__dataclass_fields__})
-            if isinstance(dataset, dict)
-            else None,
+            dataset=DatasetInfo.from_json(dataset) if isinstance(dataset, dict) else None,
             scheduler=data.get("scheduler"),
             scaler=data.get("scaler"),
             world_size=int(data.get("world_size") or 1),
@@ -351,6 +364,7 @@ class TrainingState:
             created=str(data.get("created") or ""),
             resumed_from=data.get("resumed_from"),
             best=BestCheckpoint.from_json(data.get("best")),
+            datasets=[DatasetInfo.from_json(d) for d in data.get("datasets") or [] if isinstance(d, dict)],
         )
 
     @classmethod

@@ -171,6 +171,24 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def dataset_lines(rows: list[Row]) -> list[str]:
+    """What the run trains on, as its newest readable training state records it: one line per dataset."""
+    state = next((s for r in reversed(rows) if (s := fmt.TrainingState.read(r.path)) is not None), None)
+    if state is None:
+        return []
+    lines = []
+    for d in state.datasets or ([state.dataset] if state.dataset else []):
+        where = d.root or (f"{d.id}@{d.revision}" if d.revision else d.id)
+        extra = "".join(f", {k} -> {v}" for k, v in d.rename_map.items())
+        extra += "".join(f", {g} {d.units.get(g, '?')} -> {u}" for g, u in d.converted_to.items())
+        extra += f", weight {d.weight:g}" if d.weight is not None else ""
+        lines.append(
+            f"dataset {where}: {len(d.train_episodes)} train / {len(d.val_episodes)} val episodes, "
+            f"{d.total_frames} frames, fingerprint {d.fingerprint[:12]}{extra}"
+        )
+    return lines
+
+
 def print_rows(run_dir: Path | str, rows: list[Row]) -> None:
     """A Rich table of the rows on stdout, newest last, with the resume pick marked, then any problems."""
     from rich import box
@@ -225,6 +243,8 @@ def print_rows(run_dir: Path | str, rows: list[Row]) -> None:
     if timed and not wide:
         times = ", ".join(f"{r.step}: " + "/".join(_seconds(getattr(r, k)) for k in timed) for r in rows)
         out.print(f"{timing_head} by step: {times}", highlight=False, soft_wrap=True)
+    for line in dataset_lines(rows):
+        out.print(safe(line), highlight=False, soft_wrap=True)
     for r in rows:
         if r.problems:
             more = f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else ""

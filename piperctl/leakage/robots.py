@@ -258,3 +258,38 @@ def _limits(
                 )
             )
     return out
+
+
+def feature_units(names: list[str], mins: list[float], maxs: list[float]) -> dict[str, list[str]]:
+    """The joint and gripper conventions a PiPER vector's overall value ranges fit: {"joints": ["rad"], "gripper": ["m"]}.
+
+    Several candidates when the ranges fit several; a group is left out when its names are not
+    PiPER joints or its values tell nothing (all zero).
+    """
+    dims = piper_dims(names)
+    order = (*JOINT_UNITS, *GRIPPER_UNITS)
+    out: dict[str, list[str]] = {}
+    joints = {k: (float(mins[i]), float(maxs[i])) for i, k in dims.items() if k != "gripper"}
+    if joints and (found := _joint_units(joints)):  # type: ignore[arg-type]
+        out["joints"] = sorted(found, key=order.index)
+    grippers = [i for i, k in dims.items() if k == "gripper"]
+    found = _gripper_units(float(mins[grippers[0]]), float(maxs[grippers[0]])) if grippers else set()
+    # A plugin records its gripper in the convention of its joints: that settles "mm or 0..100".
+    joint = out.get("joints", [])
+    paired = {"rad": "m", "deg": "mm", "percent": "0..100"}.get(joint[0]) if len(joint) == 1 else None
+    if found:
+        out["gripper"] = [paired] if paired in found else sorted(found, key=order.index)
+    return out
+
+
+def unit_affine(dim: int | str, unit: str) -> tuple[float, float]:
+    """(a, b) with value_in_unit = a * value_in_rad_or_m + b, for PiPER joint `dim` (1..6 or "gripper")."""
+    if dim == "gripper":
+        return {"m": 1.0, "mm": 1000.0, "0..100": 100.0 / PIPER_GRIPPER_M[1]}[unit], 0.0
+    if unit == "deg":
+        return 180.0 / math.pi, 0.0
+    if unit == "percent":
+        lo, hi = PIPER_JOINT_LIMITS_RAD[int(dim)]
+        a = 200.0 / (hi - lo)
+        return a, -100.0 - lo * a
+    return 1.0, 0.0

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from piperctl.checkpoints.format import DataOrder, DatasetInfo, LrSchedule, Topology, TrainingState
+from piperctl.checkpoints.format import DataOrder, LrSchedule, Topology, TrainingState
 from piperctl.checkpoints.model import dataset_feature_shapes, feature_shapes, load_policy_config
 from piperctl.console import log
 from piperctl.errors import PiperctlError
-from piperctl.training import data, rng
+from piperctl.training import data, mixed_data, multi_dataset, rng
 from piperctl.training.config import TrainConfig
 from piperctl.training.distributed import Dist
 
@@ -33,13 +33,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class DataSplit:
-    """The dataset's metadata (cameras left out by --cameras removed) and its train/validation episodes."""
+    """The run's datasets (one or several, each with its train/validation episodes) and the metadata the policy is built from."""
 
-    meta: LeRobotDatasetMetadata
-    fingerprint: str
-    dropped_cameras: list[str]
-    train_episodes: list[int]
-    val_episodes: list[int]
+    meta: LeRobotDatasetMetadata  # the first dataset's, features under the names the policy sees
+    sources: list[multi_dataset.Source]
 
 
 @dataclass
@@ -64,7 +61,7 @@ class Feed:
     dataset: LeRobotDataset | Dataset  # a frame-cached dataset with --frame-cache
     sampler: data.EpochSampler
     loader: DataLoader
-    val_loader: DataLoader | None
+    val_loaders: list[tuple[str, DataLoader]]  # per dataset with held-out episodes: (name, loader)
     epoch_len: int
 
 
@@ -78,26 +75,11 @@ def use_determinism(deterministic: bool) -> None:
 
 
 def open_split(cfg: TrainConfig) -> DataSplit:
-    """Check and open the dataset's metadata, keep the chosen cameras, and split its episodes."""
-    from piperctl.datasets import inspect
-
-    root = Path(cfg.dataset_root) if cfg.dataset_root else None
-    if root is not None:
-        data.require_dataset_folder(root)
-        inspect.require_v30(root)
-    meta = data.open_metadata(cfg.dataset_id, root)
-    cameras = inspect.select_cameras(meta.root, cfg.cameras)
-    if root is not None:
-        # Everything lerobot would otherwise fetch from the Hub, or reject at the first step.
-        inspect.require_files(root, cameras=[k for k in cameras if k in meta.video_keys])
-        data.check_data_files(root)
-        inspect.require_consistent_timestamps(root, fps=meta.fps, tolerance_s=cfg.tolerance_s)
-    dropped = data.drop_cameras(meta, cameras)
+    """Check and open every dataset's metadata, keep the chosen cameras, split the episodes, check they mix."""
+    sources = multi_dataset.open_sources(cfg)
+    meta = multi_dataset.policy_meta(sources)
     data.require_inputs(meta, cfg.policy, cfg.cameras)
-    val = data.parse_val_episodes(cfg.val_episodes, meta.total_episodes)
-    held_out = set(val)
-    train = [e for e in range(meta.total_episodes) if e not in held_out]
-    return DataSplit(meta, data.fingerprint(meta), dropped, train, val)
+    return DataSplit(meta, sources)
 
 
 def fresh_model(cfg: TrainConfig, device: str, split: DataSplit) -> ModelParts:
@@ -122,7 +104,7 @@ def fresh_model(cfg: TrainConfig, device: str, split: DataSplit) -> ModelParts:
         log(f"initialised weights from {init.description}")
     shapes = feature_shapes(policy.config)
     policy.to(device)
-    stats = data.train_stats(split.meta, split.train_episodes)
+    stats = multi_dataset.train_stats(split.sources)
     if cfg.imagenet_stats:
         stats = data.with_imagenet_stats(stats, split.meta)
     preprocessor, postprocessor = new_processors(policy_cfg, stats)
@@ -139,13 +121,7 @@ def resumed_model(
     from piperctl.checkpoints.model import load_processors
     from piperctl.training.policy import build_policy
 
-    saved_fingerprint = state.dataset.fingerprint if state.dataset else None
-    if saved_fingerprint != split.fingerprint and not cfg.allow_dataset_change:
-        raise PiperctlError(
-            f"the dataset {cfg.dataset_root or cfg.dataset_id} differs from the one checkpoint {folder.name} was trained on (fingerprint mismatch)",
-            hint="pass --allow-dataset-change to resume on the changed dataset anyway",
-        )
-    if saved_fingerprint != split.fingerprint:
+    if not multi_dataset.require_same_datasets(split.sources, state, folder, cfg.allow_dataset_change):
         log(
             "warning: the dataset changed since this checkpoint (--allow-dataset-change): the data order is not exact"
         )
@@ -208,19 +184,27 @@ def open_feed(
     from lerobot.datasets.factory import resolve_delta_timestamps
 
     delta = resolve_delta_timestamps(policy_cfg, split.meta)
-    dataset = data.open_dataset(
-        cfg.dataset_id, cfg.dataset_root, delta, tolerance_s=cfg.tolerance_s, drop=split.dropped_cameras
-    )
-    if cfg.frame_cache:
-        from piperctl.training.frame_cache import FrameCache
+    parts = []
+    for source in split.sources:
+        own = {source.recorded_name(k): v for k, v in delta.items()} if delta else delta
+        part = data.open_dataset(
+            source.spec.id,
+            source.spec.root,
+            own,
+            tolerance_s=cfg.tolerance_s,
+            drop=source.dropped_cameras,
+            revision=source.spec.revision,
+        )
+        if cfg.frame_cache:
+            from piperctl.training.frame_cache import FrameCache
 
-        # Built here, before any DataLoader worker starts: workers only read it.
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
-        dataset = FrameCache.wrap(dataset, cache_dir, progress=dist.is_main)
+            # Built here, before any DataLoader worker starts: workers only read it.
+            cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+            part = FrameCache.wrap(part, cache_dir, progress=dist.is_main)
+        parts.append(part)
+    dataset = mixed_data.mix(parts, split.sources)
     drop_last_frames = int(getattr(policy_cfg, "drop_n_last_frames", 0) or 0)
-    inner = data.make_sampler(
-        split.meta, split.train_episodes, shuffle=True, seed=cfg.seed, drop_n_last_frames=drop_last_frames
-    )
+    inner = mixed_data.train_sampler(split.sources, seed=cfg.seed, drop_n_last_frames=drop_last_frames)
     sampler = data.EpochSampler(inner, cfg.batch_size, dist.rank, dist.world_size)
     if dist.world_size > 1 and len(inner) < sampler.global_batch:
         raise PiperctlError(
@@ -240,18 +224,21 @@ def open_feed(
         transform=transform,
         camera_keys=split.meta.camera_keys,
     )
-    val_loader = None
-    if split.val_episodes:
+    val_loaders = []
+    for d, source in enumerate(split.sources):
+        if not source.val_episodes:
+            continue
+        only = [source.val_episodes if i == d else [] for i in range(len(split.sources))]
         vs = data.EpochSampler(
-            data.make_sampler(split.meta, split.val_episodes, shuffle=False, seed=cfg.seed),
+            mixed_data.episode_sampler(split.sources, only, shuffle=False, seed=cfg.seed),
             cfg.batch_size,
             dist.rank,
             dist.world_size,
             drop_incomplete=False,
         )
         vs.epoch = -1
-        val_loader = data.make_loader(dataset, vs, cfg.batch_size, 0, pin)
-    return Feed(dataset, sampler, loader, val_loader, len(inner))
+        val_loaders.append((source.spec.name, data.make_loader(dataset, vs, cfg.batch_size, 0, pin)))
+    return Feed(dataset, sampler, loader, val_loaders, len(inner))
 
 
 def describe_run(
@@ -259,6 +246,7 @@ def describe_run(
 ) -> TrainingState:
     """The fields of the run's training state that stay fixed while it runs (the rest is captured per save)."""
     effective = cfg.batch_size * dist.world_size * cfg.grad_accum
+    datasets = multi_dataset.records(split.sources)
     return TrainingState(
         step=0,
         samples_seen=0,
@@ -268,15 +256,8 @@ def describe_run(
         config=cfg.to_json(),
         policy_type=parts.policy_cfg.type,
         feature_shapes=parts.feature_shapes,
-        dataset=DatasetInfo(
-            id=cfg.dataset_id,
-            root=cfg.dataset_root,
-            fingerprint=split.fingerprint,
-            total_episodes=split.meta.total_episodes,
-            total_frames=split.meta.total_frames,
-            train_episodes=split.train_episodes,
-            val_episodes=split.val_episodes,
-        ),
+        dataset=datasets[0],
+        datasets=datasets,
         world_size=dist.world_size,
         batch_size_per_process=cfg.batch_size,
         effective_batch_size=effective,

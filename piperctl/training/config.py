@@ -8,6 +8,7 @@ which tests/test_cli_help.py checks against this class).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from piperctl.defaults import TOLERANCE_S
 from piperctl.errors import PiperctlError
+from piperctl.hub import dataset_source
 
 DEFAULT_DATASET_ID = "ISdept/piper_arm"
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
@@ -56,6 +58,25 @@ class TrainConfig:
         f"Hub dataset id (default {DEFAULT_DATASET_ID}; with --dataset-root: local/<folder name>, never downloaded).",
     )
     dataset_root: str | None = option(None, "Local LeRobot v3.0 dataset folder.")
+    dataset: list[str] = option(
+        None,
+        "A dataset to train on: a local folder or a Hub id (optionally @revision); repeat it to train "
+        "on several as one (instead of --dataset-id/--dataset-root).",
+        factory=list,
+    )
+    dataset_weights: str | None = option(
+        None, "Sampling weights of the --dataset entries, e.g. 1,3 (default: every frame alike)."
+    )
+    rename_map: str | None = option(
+        None,
+        "JSON object: dataset feature name -> the name the policy sees (lerobot-train's rename_map), "
+        'e.g. \'{"observation.images.top": "observation.images.front"}\'.',
+    )
+    convert_units: bool = option(
+        False,
+        "Convert datasets recorded in other joint units to the first dataset's (state, action, stats); "
+        "without it, mixed units are refused.",
+    )
     cameras: str | None = option(
         None, "Cameras to train on, by name (e.g. front,wrist; default: all). Others are not read."
     )
@@ -83,7 +104,11 @@ class TrainConfig:
         "Normalize camera images with ImageNet's mean/std, as lerobot-train does (the default vision "
         "backbones are ImageNet-pretrained); --no-imagenet-stats uses the training episodes' own.",
     )
-    val_episodes: str | None = option(None, "Held-out episodes: a count (last N), a range A:B, or ids i,j.")
+    val_episodes: str | None = option(
+        None,
+        "Held-out episodes: a count (last N), a range A:B, or ids i,j; of each --dataset, or per "
+        "dataset as NAME:SPEC;NAME:SPEC (NAME: the folder or repo name).",
+    )
     eval_every: int = option(0, "Validation every K steps (default: --save-every).", resumable=True)
     best_metric: str = option(
         "auto",
@@ -168,6 +193,19 @@ class TrainConfig:
             value = getattr(cfg, name)
             if value is not None:
                 setattr(cfg, name, str(value))
+        cfg.dataset = [str(d) for d in cfg.dataset or []]
+        if isinstance(cfg.rename_map, dict):
+            cfg.rename_map = json.dumps(cfg.rename_map, sort_keys=True)
+        if isinstance(cfg.dataset_weights, list | tuple):
+            cfg.dataset_weights = ",".join(str(w) for w in cfg.dataset_weights)
+        first = dataset_source(cfg.dataset[0])[0] if cfg.dataset else None
+        if cfg.dataset and (cfg.dataset_root or dataset_id not in (None, first)):
+            raise PiperctlError(
+                "--dataset and --dataset-id/--dataset-root both name the training data",
+                hint="name every dataset with --dataset, or the one dataset with --dataset-id/--dataset-root",
+            )
+        if cfg.dataset_id is None and first is not None:
+            cfg.dataset_id = first
         if cfg.dataset_id is None:
             # A local folder is never looked up on the Hub under someone else's name.
             cfg.dataset_id = (
@@ -228,11 +266,47 @@ class TrainConfig:
                     f"--mirror {redact(self.mirror)!r} is not a URL",
                     hint="use s3://, gs://, az://, hf:// or file:///absolute/path (a mounted volume)",
                 )
+        self.renames()
+        self.weights()
         if self.best_metric not in BEST_METRICS:
             raise PiperctlError(
                 f"--best-metric {self.best_metric!r} is not valid",
                 hint=f"use one of: {', '.join(BEST_METRICS)}",
             )
+
+    def renames(self) -> dict[str, str]:
+        """--rename-map as a dict (dataset feature name -> the name the policy sees)."""
+        if not self.rename_map:
+            return {}
+        try:
+            value = json.loads(self.rename_map)
+        except ValueError as e:
+            raise PiperctlError(
+                f"--rename-map {self.rename_map!r} is not valid JSON ({e})",
+                hint='write a JSON object, e.g. \'{"observation.images.top": "observation.images.front"}\'',
+            ) from e
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in (*value, *value.values())):
+            raise PiperctlError(
+                f"--rename-map {self.rename_map!r} must be a JSON object of feature names to feature names",
+                hint='e.g. \'{"observation.images.top": "observation.images.front"}\'',
+            )
+        return value
+
+    def weights(self) -> list[float] | None:
+        """--dataset-weights as numbers (one per --dataset), or None for every frame alike."""
+        if not self.dataset_weights:
+            return None
+        try:
+            values = [float(w) for w in self.dataset_weights.split(",")]
+        except ValueError:
+            values = []
+        n = len(self.dataset) or 1
+        if len(values) != n or not all(0 < w < float("inf") for w in values):
+            raise PiperctlError(
+                f"--dataset-weights {self.dataset_weights!r} must be {n} positive number(s), one per --dataset",
+                hint="e.g. --dataset-weights 1,3 for two datasets, the second drawn three times as often",
+            )
+        return values
 
     def resolved_best_metric(self) -> str:
         """The metric that picks the best checkpoint once 'auto' is decided."""
@@ -266,7 +340,6 @@ def resolve_device(name: str) -> str:
 
 def read_fields_file(path: str | Path, what: str, fields_of: str) -> dict[str, Any]:
     """The table/object of a TOML (by suffix) or JSON file of config fields, with one-line errors naming `what`."""
-    import json
     import tomllib
 
     path = Path(path)

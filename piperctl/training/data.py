@@ -27,8 +27,8 @@ from piperctl.training import frame_cache
 from piperctl.training.rng import derive_seed
 
 
-def open_metadata(dataset_id: str, root: str | Path | None):
-    """lerobot metadata of a local dataset folder or a Hub dataset, with one-line errors."""
+def open_metadata(dataset_id: str, root: str | Path | None, revision: str | None = None):
+    """lerobot metadata of a local dataset folder or a Hub dataset (at `revision`), with one-line errors."""
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
     from piperctl.quiet import quiet_third_party
@@ -42,7 +42,8 @@ def open_metadata(dataset_id: str, root: str | Path | None):
                 hint="pass the dataset's root folder, or make one with 'piperctl dataset synth'",
             )
     try:
-        return LeRobotDatasetMetadata(dataset_id, root=lerobot_root(root) if root is not None else None)
+        local = lerobot_root(root) if root is not None else None
+        return LeRobotDatasetMetadata(dataset_id, root=local, revision=revision)
     except Exception as e:  # noqa: BLE001 - hub/offline/format errors come in many types
         where = root if root is not None else f"Hub dataset {dataset_id}"
         hint = "check the id and your network" if root is None else "check that it is a LeRobot v3.0 dataset"
@@ -170,6 +171,7 @@ def open_dataset(
     delta_timestamps: dict | None,
     tolerance_s: float = TOLERANCE_S,
     drop: list[str] | None = None,
+    revision: str | None = None,
 ):
     """A LeRobotDataset over all episodes (training and validation are chosen by samplers).
 
@@ -190,6 +192,7 @@ def open_dataset(
             root=read_from,
             delta_timestamps=delta_timestamps,
             tolerance_s=tolerance_s,
+            revision=revision,
             video_backend=video_backend(),
         )
     except Exception as e:  # noqa: BLE001

@@ -9,6 +9,7 @@ from piperctl.checkpoints.format import PRETRAINED_DIR, BestCheckpoint, Topology
 from piperctl.console import log
 from piperctl.training.build import DataSplit, ModelParts
 from piperctl.training.config import TrainConfig
+from piperctl.training.multi_dataset import describe
 
 
 def processes(n: int) -> str:
@@ -29,14 +30,19 @@ def log_start(
     run_dir: Path,
 ) -> None:
     """What trains, from which step, with which batch, on which episodes; then the LR schedule."""
+    if len(split.sources) > 1:
+        for line in describe(split.sources):
+            log(line)
     n_params = sum(p.numel() for p in parts.policy.parameters())
+    n_train = sum(len(s.train_episodes) for s in split.sources)
+    n_val = sum(len(s.val_episodes) for s in split.sources)
     accum = f" x {cfg.grad_accum} micro-batches" if cfg.grad_accum > 1 else ""
     effective = cfg.batch_size * world_size * cfg.grad_accum
     log(
         f"{'resuming' if resuming else 'training'} {parts.policy_cfg.type} ({n_params / 1e6:.2f}M params) on {device}"
         f" in {precision}: step {step} -> {cfg.steps}, batch {cfg.batch_size} x {processes(world_size)}"
-        f"{accum} = effective batch {effective}, {len(split.train_episodes)} train / "
-        f"{len(split.val_episodes)} val episodes{', augmented' if cfg.augment else ''}, run {run_dir}"
+        f"{accum} = effective batch {effective}, {n_train} train / "
+        f"{n_val} val episodes{', augmented' if cfg.augment else ''}, run {run_dir}"
     )
     sched = parts.lr_schedule
     log(
@@ -71,6 +77,15 @@ def log_world_size_change(
         )
         log(f"{ranks}: no saved random state in the checkpoint, starting a fresh stream")
     log("a resume with another world size is not bit-exact with either world size (see docs/distributed.md)")
+
+
+def val_losses(sums: list[float], names: list[str], per_dataset: bool) -> dict[str, float]:
+    """`val_loss` over every held-out frame and (`per_dataset`) `val_loss/NAME` of each, from (total, count) pairs."""
+    totals, counts = sums[0::2], sums[1::2]
+    out = {"val_loss": sum(totals) / max(sum(counts), 1)}
+    if per_dataset:
+        out |= {f"val_loss/{n}": t / max(c, 1) for n, t, c in zip(names, totals, counts, strict=True)}
+    return out
 
 
 def bar_fields(record: dict[str, Any], steps_per_s: float, last: Path | None) -> dict[str, str]:

@@ -226,37 +226,37 @@ class Trainer:
         cfg, p = self.cfg, self.parts
         value = None
         if self.dist.is_main:
-            root = str(cfg.dataset_root) if cfg.dataset_root else None
+            (source,) = self.split.sources  # one dataset: open_split refuses this metric with several
             value = self.scorer(
-                p.policy, p.preprocessor, p.postprocessor, self.split.meta, self.split.val_episodes,
-                dataset_id=cfg.dataset_id, dataset_root=root, seed=cfg.seed,
+                p.policy, p.preprocessor, p.postprocessor, source.meta, source.val_episodes,
+                dataset_id=source.spec.id, dataset_root=source.spec.root, seed=cfg.seed,
             )  # fmt: skip
         value = self.dist.broadcast(value)
         p.policy.train()
         return float(value)
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean loss over the held-out episodes, seeded so it neither varies nor disturbs training RNG."""
-        total, count = 0.0, 0
+    def validate(self) -> dict[str, float]:
+        """Mean loss over the held-out episodes, overall and per dataset; seeded so it neither varies nor disturbs training RNG."""
+        sums: list[float] = []  # frames' loss total, frame count: per dataset
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(self.cfg.seed)
             # Training mode without gradients: ACT only computes its full loss in training mode.
-            for batch in self.feed.val_loader or []:
-                n = len(batch["index"])
-                with self.precision.autocast():
-                    loss, _ = self._forward(self.policy, batch)
-                total += float(loss) * n
-                count += n
+            for _, loader in self.feed.val_loaders:
+                sums += [0.0, 0]
+                for batch in loader:
+                    with self.precision.autocast():
+                        loss, _ = self._forward(self.policy, batch)
+                    sums[-2:] = [sums[-2] + float(loss) * len(batch["index"]), sums[-1] + len(batch["index"])]
         # Each rank scored its own share of the validation frames.
-        total, count = self.dist.sum([total, count])
-        return total / max(count, 1)
+        names = [name for name, _ in self.feed.val_loaders]
+        return run_log.val_losses(self.dist.sum(sums), names, per_dataset=len(self.split.sources) > 1)
 
     def run(self, start: tuple[Path, TrainingState] | None) -> TrainResult:
         """Train until `cfg.steps`, checkpointing when the manager says so and on SIGINT/SIGTERM."""
         cfg, dist = self.cfg, self.dist
         dist.all_or_none(lambda: self.setup(start))
-        if self.feed.val_loader is not None and self.best_metric == "val_action_nmae" and self.scorer is None:
+        if self.feed.val_loaders and self.best_metric == "val_action_nmae" and self.scorer is None:
             raise PiperctlError(
                 "--best-metric val_action_nmae needs the open-loop scorer: train with piperctl.train"
             )
@@ -299,10 +299,8 @@ class Trainer:
                     "samples": self.progress.samples_seen,
                 }
                 new_best = False
-                if self.feed.val_loader is not None and (
-                    self.step % eval_every == 0 or self.step == cfg.steps
-                ):
-                    record["val_loss"] = self.validate()
+                if self.feed.val_loaders and (self.step % eval_every == 0 or self.step == cfg.steps):
+                    record.update(self.validate())
                     if self.best_metric == "val_action_nmae":
                         record["val_action_nmae"] = self.validate_open_loop()
                     new_best = self._update_best(record[self.best_metric])

@@ -1,0 +1,258 @@
+"""`piperctl train --dataset A --dataset B`: features mapped with --rename-map, units guarded or converted,
+stats combined, per-dataset validation, every dataset recorded, and an exact resume over the mix."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from piperctl.checkpoints import format as ckpt
+from tests.conftest import (
+    TINY_ACT,
+    assert_same_weights,
+    losses,
+    one_error_line,
+    piperctl_cli,
+    policy_opt_args,
+    run_cli,
+)
+
+RENAME = '{"observation.images.top": "observation.images.front"}'
+
+
+def synth(out: Path, *args: str) -> Path:
+    """`piperctl dataset synth OUT ARGS` in this process."""
+    from piperctl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["dataset", "synth", str(out), *args])
+    assert exc.value.code in (0, None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two camera-less recordings of the same arm: one in radians (gripper m), one in degrees (gripper mm)."""
+    base = tmp_path_factory.mktemp("mix")
+    common = ["--episodes", "3", "--frames", "20:26", "--cameras", "none", "--env-state"]
+    rad = synth(base / "day1", *common, "--units", "radians", "--seed", "3")
+    deg = synth(base / "day2", *common, "--units", "degrees", "--seed", "4")
+    return rad, deg
+
+
+# The mixed run the tests compare: weights 1,3, degrees converted to radians, one held-out episode each.
+MIX = {"steps": 4, "batch_size": 4, "save_every": 2, "num_workers": 0, "val_episodes": "1", "seed": 5}
+
+
+def mix_args(run: Path, pair: tuple[Path, Path], **overrides: object) -> list[str]:
+    args: list = ["train", "--output-dir", run, "--dataset", pair[0], "--dataset", pair[1]]
+    args += ["--convert-units", "--dataset-weights", "1,3"]
+    for k, v in {**MIX, **overrides}.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    return [*map(str, args), *policy_opt_args(TINY_ACT)]
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory: pytest.TempPathFactory, pair: tuple[Path, Path]) -> Path:
+    """An uninterrupted 4-step run over both datasets (checkpoints at 2 and 4)."""
+    from piperctl import train
+
+    run = tmp_path_factory.mktemp("mixed") / "run"
+    train(
+        run,
+        dataset=[str(p) for p in pair],
+        convert_units=True,
+        dataset_weights="1,3",
+        policy_options=dict(TINY_ACT),
+        **MIX,
+    )
+    return run
+
+
+def test_mixed_units_are_refused_in_one_line(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a for a in mix_args(tmp_path / "run", pair) if a != "--convert-units"]
+    code, _, err = run_cli(args, capsys)
+    line = one_error_line(err)
+    assert code == 2 and "dataset day2" in line and "degrees" in line and "day1 in radians" in line, line
+    assert "--convert-units" in line
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.train
+def test_mixed_run_records_every_dataset_and_the_conversion(
+    mixed_run: Path, pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    state = json.loads((mixed_run / "checkpoint-4" / ckpt.TRAINING_STATE).read_text())
+    day1, day2 = state["datasets"]
+    assert state["dataset"] == day1 and [day1["name"], day2["name"]] == ["day1", "day2"]
+    assert (day1["weight"], day2["weight"]) == (1.0, 3.0) and day1["root"] == str(pair[0])
+    assert day1["units"] == {"joints": "radians", "gripper": "metres"} and day1["converted_to"] == {}
+    assert day2["units"] == {"joints": "degrees", "gripper": "millimetres"}
+    assert day2["converted_to"] == {"joints": "radians", "gripper": "metres"}
+    assert day1["val_episodes"] == day2["val_episodes"] == [2] and day2["train_episodes"] == [0, 1]
+    assert len({day1["fingerprint"], day2["fingerprint"]}) == 2
+    run_json = json.loads((mixed_run / ckpt.RUN_FILE).read_text())
+    assert run_json["config"]["dataset"] == [str(p) for p in pair] and run_json["config"]["convert_units"]
+    # The state normalizer holds radians: no joint of the mix reaches degree-sized values.
+    processor = next((mixed_run / ckpt.PRETRAINED_DIR).glob("policy_preprocessor*.safetensors"))
+    stats = load_file(str(processor))
+    assert float(stats["observation.state.max"][:6].abs().max()) < 3.5
+    assert float(stats["observation.state.std"][:6].max()) > 0.01
+    rows = [json.loads(x) for x in (mixed_run / ckpt.METRICS_FILE).read_text().splitlines()]
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val] == [2, 4]
+    for r in val:  # the overall loss is the frame-weighted mean of the per-dataset ones (equal frames here)
+        assert (
+            min(r["val_loss/day1"], r["val_loss/day2"])
+            <= r["val_loss"]
+            <= max(r["val_loss/day1"], r["val_loss/day2"])
+        )
+    code, out, err = run_cli(["checkpoints", "list", mixed_run], capsys)
+    assert code == 0, err
+    assert f"dataset {pair[0]}:" in out and "joints degrees -> radians" in out and "weight 3" in out
+
+
+@pytest.mark.train
+def test_sigkill_then_resume_over_two_datasets_is_bit_exact(
+    tmp_path: Path, pair: tuple[Path, Path], mixed_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    res = piperctl_cli(mix_args(run, pair, num_workers=2), env={"PIPERCTL_FAULT": "after-save:2"})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    head = [ln for ln in res.stderr.splitlines() if ln.startswith("dataset ")]
+    assert head[0].startswith("dataset 1/2 day1: 3 episodes (2 train / 1 val)") and "30 fps" in head[0]
+    assert "joints in degrees" in head[1] and "converted: joints to radians" in head[1], head
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
+    assert losses(run) == losses(mixed_run)
+    assert_same_weights(run, mixed_run)
+    assert_same_weights(run / "checkpoint-4", mixed_run / "checkpoint-4")
+    code, _, err = run_cli(["checkpoints", "verify", run], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.train
+def test_resume_refuses_other_datasets(mixed_run: Path, pair: tuple[Path, Path]) -> None:
+    from piperctl.errors import PiperctlError
+    from piperctl.training.config import TrainConfig
+    from piperctl.training.multi_dataset import open_sources, require_same_datasets
+
+    state = ckpt.TrainingState.read(mixed_run / "checkpoint-4")
+    assert state is not None
+    folder = mixed_run / "checkpoint-4"
+    options = {"convert_units": True, "val_episodes": "1"}
+    same = open_sources(TrainConfig.from_options("x", None, {"dataset": [str(p) for p in pair], **options}))
+    assert require_same_datasets(same, state, folder, allow=False)
+    swapped = open_sources(
+        TrainConfig.from_options("x", None, {"dataset": [str(p) for p in pair[::-1]], **options})
+    )
+    with pytest.raises(PiperctlError, match="dataset day2 differs from the one checkpoint checkpoint-4"):
+        require_same_datasets(swapped, state, folder, allow=False)
+    assert not require_same_datasets(swapped, state, folder, allow=True)
+    one = open_sources(TrainConfig.from_options("x", None, {"dataset": [str(pair[0])]}))
+    with pytest.raises(PiperctlError, match="1 dataset.*trained on 2"):
+        require_same_datasets(one, state, folder, allow=False)
+
+
+def test_a_checkpoint_from_before_many_datasets_still_reads_as_one(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """training_state.json as piperctl wrote it before `datasets` existed: one dataset, resumable on it."""
+    from piperctl.training.config import TrainConfig
+    from piperctl.training.multi_dataset import open_sources, require_same_datasets
+
+    sources = open_sources(
+        TrainConfig.from_options("x", None, {"dataset_root": str(pair[0]), "val_episodes": "1"})
+    )
+    old = {
+        "format": ckpt.TrainingState.FORMAT, "version": 1, "step": 4, "samples_seen": 16, "seed": 5,
+        "data": {"epoch": 0, "offset": 16, "epoch_length": 30}, "run_id": "r", "config": {},
+        "dataset": {
+            "id": "local/tiny", "root": str(pair[0]), "fingerprint": sources[0].fingerprint,
+            "total_episodes": 3, "total_frames": 48, "train_episodes": [0, 1], "val_episodes": [2],
+        },
+    }  # fmt: skip
+    state, problems = ckpt.TrainingState.parse(old, tmp_path / "checkpoint-4")
+    assert state is not None and not problems
+    assert state.datasets == [] and state.dataset is not None and state.dataset.rename_map == {}
+    assert require_same_datasets(sources, state, tmp_path / "checkpoint-4", allow=False)
+
+
+@pytest.fixture(scope="module")
+def cam_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny PNG recordings whose one camera is called `front` in the first, `top` in the second."""
+    base = tmp_path_factory.mktemp("cams")
+    common = ["--episodes", "2", "--frames", "10:12", "--image-size", "24x32", "--no-video"]
+    return (
+        synth(base / "lab", *common, "--cameras", "front", "--seed", "1"),
+        synth(base / "home", *common, "--cameras", "top", "--seed", "2"),
+    )
+
+
+def test_a_camera_named_otherwise_is_refused_with_the_rename_map_that_fixes_it(
+    cam_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "-o", tmp_path / "run", "--dataset", cam_pair[0], "--dataset", cam_pair[1]]
+    code, _, err = run_cli(args, capsys)
+    line = one_error_line(err)
+    assert code == 2 and "dataset home has no observation.images.front, which dataset lab has" in line, line
+    assert f"--rename-map '{RENAME}'" in line
+    # A camera that only one dataset has is never filled in: leaving it out of the other is refused too.
+    code, _, err = run_cli(
+        [*args, "--rename-map", '{"observation.images.top": "observation.images.side"}'], capsys
+    )
+    assert code == 2 and "has no observation.images.front" in one_error_line(err)
+
+
+@pytest.mark.train
+def test_two_datasets_with_other_camera_names_train_together_with_a_rename_map(
+    cam_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from piperctl import train
+
+    run = tmp_path / "run"
+    train(
+        run,
+        dataset=[str(p) for p in cam_pair],
+        rename_map=RENAME,
+        val_episodes="home:1",
+        steps=2,
+        batch_size=4,
+        save_every=2,
+        num_workers=0,
+        async_save=False,
+        policy_options=dict(TINY_ACT),
+    )
+    state = json.loads((run / "checkpoint-2" / ckpt.TRAINING_STATE).read_text())
+    lab, home = state["datasets"]
+    assert home["rename_map"] == json.loads(RENAME) and lab["rename_map"] == {}
+    assert lab["val_episodes"] == [] and home["val_episodes"] == [1]
+    config = json.loads((run / ckpt.PRETRAINED_DIR / "config.json").read_text())
+    assert list(config["input_features"]) == ["observation.state", "observation.images.front"]
+    rows = [json.loads(x) for x in (run / ckpt.METRICS_FILE).read_text().splitlines()]
+    assert rows[-1]["val_loss"] == rows[-1]["val_loss/home"] and "val_loss/lab" not in rows[-1]
+    code, _, err = run_cli(["checkpoints", "verify", run], capsys)
+    assert code == 0, err
+
+
+def test_weighted_order_draws_by_weight_and_resumes_from_any_position() -> None:
+    from piperctl.training.mixed_data import WeightedSampler
+
+    frames = [list(range(40)), list(range(100, 140))]
+    sampler = WeightedSampler(frames, [1.0, 3.0], seed=7)
+    epoch0 = list(sampler)
+    assert len(epoch0) == 80 and 50 <= sum(i >= 100 for i in epoch0) <= 70  # about 3/4 from the second
+    # every frame of a dataset comes once before any comes twice (reshuffled only when used up)
+    first = [i for i in epoch0 if i < 100]
+    assert len(set(first)) == len(first)
+    again = WeightedSampler(frames, [1.0, 3.0], seed=7)
+    again.load_state_dict({"epoch": 0, "start_index": 33})
+    assert list(again) == epoch0[33:]
+    assert list(again) != epoch0  # the next epoch is another order
