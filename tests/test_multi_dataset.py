@@ -14,6 +14,7 @@ from tests.conftest import (
     TINY_ACT,
     assert_same_weights,
     losses,
+    metric_rows,
     one_error_line,
     piperctl_cli,
     policy_opt_args,
@@ -105,7 +106,7 @@ def test_mixed_run_records_every_dataset_and_the_conversion(
     stats = load_file(str(processor))
     assert float(stats["observation.state.max"][:6].abs().max()) < 3.5
     assert float(stats["observation.state.std"][:6].max()) > 0.01
-    rows = [json.loads(x) for x in (mixed_run / ckpt.METRICS_FILE).read_text().splitlines()]
+    rows = metric_rows(mixed_run)
     val = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in val] == [2, 4]
     for r in val:  # the overall loss is the frame-weighted mean of the per-dataset ones (equal frames here)
@@ -236,7 +237,7 @@ def test_two_datasets_with_other_camera_names_train_together_with_a_rename_map(
     assert lab["val_episodes"] == [] and home["val_episodes"] == [1]
     config = json.loads((run / ckpt.PRETRAINED_DIR / "config.json").read_text())
     assert list(config["input_features"]) == ["observation.state", "observation.images.front"]
-    rows = [json.loads(x) for x in (run / ckpt.METRICS_FILE).read_text().splitlines()]
+    rows = metric_rows(run)
     assert rows[-1]["val_loss"] == rows[-1]["val_loss/home"] and "val_loss/lab" not in rows[-1]
     code, _, err = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, err
