@@ -13,7 +13,9 @@ from typing import Any
 from piperctl.errors import PiperctlError
 
 # Fields that describe where a config was used, not the architecture: never carried over.
-_NOT_CARRIED = {"device", "pretrained_path", "push_to_hub", "repo_id", "private", "tags", "license"}
+_NOT_CARRIED = {
+    "device", "pretrained_path", "push_to_hub", "repo_id", "private", "tags", "license", "use_peft",
+}  # fmt: skip
 
 
 def init_policy_config(
@@ -24,6 +26,11 @@ def init_policy_config(
     from piperctl.checkpoints.sources import check_features_fit
     from piperctl.training.policy import _decode
 
+    if init.layout.name == "peft":
+        raise PiperctlError(
+            f"--init-from {init.description} is a PEFT adapter, not a whole model",
+            hint="merge it first ('piperctl export MODEL OUT --merge') and start from OUT",
+        )
     base = load_policy_config(init.folder, device)
     if base.type != policy_type:
         raise PiperctlError(

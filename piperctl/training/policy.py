@@ -116,6 +116,21 @@ def make_policy_config(policy_type: str, device: str, options: dict[str, Any]):
         raise PiperctlError(f"invalid {policy_type} policy options: {e}") from e
 
 
+def policy_class(policy_type: str) -> type:
+    """The lerobot config class of `policy_type` (one line for an unknown type)."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    from piperctl.quiet import quiet_third_party
+
+    quiet_third_party()
+    import lerobot.policies  # noqa: F401  (registers every policy type)
+
+    known = sorted(PreTrainedConfig.get_known_choices())
+    if policy_type not in known:
+        raise PiperctlError(f"unknown policy type {policy_type!r}", hint=f"choose one of: {', '.join(known)}")
+    return PreTrainedConfig.get_choice_class(policy_type)
+
+
 def build_policy(policy_cfg, ds_meta):
     """Instantiate a fresh policy whose input/output features come from the dataset."""
     from lerobot.policies.factory import make_policy
