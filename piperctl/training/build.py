@@ -109,9 +109,16 @@ def fresh_model(cfg: TrainConfig, device: str, split: DataSplit) -> ModelParts:
     from piperctl.checkpoints.sources import resolve_pretrained
     from piperctl.training import finetune
     from piperctl.training.init_from import init_policy_config
-    from piperctl.training.policy import build_policy, make_policy_config, new_processors, policy_class
+    from piperctl.training.policy import (
+        build_policy,
+        make_policy_config,
+        new_processors,
+        policy_class,
+        require_policy_packages,
+    )
 
     finetune.check_options(cfg)
+    require_policy_packages(cfg.policy)
     rng.seed_everything(cfg.seed)
     options = dict(cfg.policy_options)
     if cfg.lr is not None:
@@ -147,7 +154,7 @@ def resumed_model(
     from piperctl.checkpoints.adapters import load_trainable, read_base_ref
     from piperctl.checkpoints.format import POLICY_WEIGHTS
     from piperctl.checkpoints.model import load_processors
-    from piperctl.training.policy import build_policy
+    from piperctl.training.policy import build_policy, require_policy_packages
 
     saved_fingerprint = state.dataset.fingerprint if state.dataset else None
     if saved_fingerprint != split.fingerprint and not cfg.allow_dataset_change:
@@ -159,6 +166,7 @@ def resumed_model(
         log(
             "warning: the dataset changed since this checkpoint (--allow-dataset-change): the data order is not exact"
         )
+    require_policy_packages(cfg.policy)
     policy_cfg = load_policy_config(folder, device)
     if policy_cfg.type != cfg.policy:
         raise PiperctlError(

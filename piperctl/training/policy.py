@@ -131,15 +131,54 @@ def policy_class(policy_type: str) -> type:
     return PreTrainedConfig.get_choice_class(policy_type)
 
 
+# lerobot policy types built on transformers (lerobot's smolvla, pi, groot, xvla, wallx, ... extras):
+# piperctl's `vla` extra brings what they need.
+VLA_TYPES = frozenset(
+    {"smolvla", "pi0", "pi05", "pi0_fast", "groot", "xvla", "wall_x", "eo1", "evo1", "molmoact2", "vla_jepa"}
+)
+
+
+def require_policy_packages(policy_type: str) -> None:
+    """Refuse in one line a policy type whose optional packages are missing, naming piperctl's extra."""
+    if policy_type in VLA_TYPES:
+        from piperctl.errors import require_extra
+
+        require_extra("transformers", f"the {policy_type} policy")
+
+
+def hub_model_error(what: str, e: Exception, model_id: str | None) -> PiperctlError:
+    """A model, tokenizer or processor the policy loads from the Hub is missing: one line naming it."""
+    from piperctl import hub
+    from piperctl.fs import first_line
+
+    name = model_id or "a model it needs"
+    if hub.offline():
+        return PiperctlError(
+            f"{what} needs {name} from the Hugging Face Hub, which is not in the local cache and HF_HUB_OFFLINE is set",
+            hint="unset HF_HUB_OFFLINE once so that it is downloaded, or point the option at a local copy "
+            "(e.g. --policy-opt vlm_model_name=FOLDER)",
+        )
+    return PiperctlError(f"{what} cannot load {name} from the Hugging Face Hub ({first_line(e)})")
+
+
 def build_policy(policy_cfg, ds_meta):
     """Instantiate a fresh policy whose input/output features come from the dataset."""
     from lerobot.policies.factory import make_policy
 
     try:
         return make_policy(cfg=policy_cfg, ds_meta=ds_meta)
+    except ImportError as e:
+        raise PiperctlError(
+            f"the {policy_cfg.type} policy needs a package that is not installed ({e})",
+            hint="pip install 'piperctl[vla]'",
+        ) from e
     except (ValueError, NotImplementedError) as e:
         raise PiperctlError(f"cannot build a {policy_cfg.type} policy for this dataset: {e}") from e
     except OSError as e:
+        if policy_cfg.type in VLA_TYPES:
+            raise hub_model_error(
+                f"the {policy_cfg.type} policy", e, getattr(policy_cfg, "vlm_model_name", None)
+            ) from e
         # Typically torchvision trying to download ImageNet backbone weights while offline.
         raise PiperctlError(
             f"cannot build the {policy_cfg.type} policy: {e}",
@@ -151,4 +190,9 @@ def new_processors(policy_cfg: Any, stats: dict) -> tuple[Any, Any]:
     """Fresh pre/post-processor pipelines normalizing with the training episodes' `stats`."""
     from lerobot.policies.factory import make_pre_post_processors
 
-    return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
+    try:
+        return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
+    except OSError as e:  # a tokenizer from the Hub (smolvla: vlm_model_name; pi0/pi05: PaliGemma's)
+        raise hub_model_error(
+            f"the {policy_cfg.type} policy's processors", e, getattr(policy_cfg, "vlm_model_name", None)
+        ) from e
