@@ -136,3 +136,26 @@ def test_a_vla_without_transformers_is_one_line_naming_the_extra(
     code, _, err = run_cli(args, capsys)
     line = one_error_line(err, after_logs=True)
     assert code == 2 and "transformers" in line and "pip install 'piperctl[vla]'" in line
+
+
+@pytest.mark.train
+def test_init_from_a_vla_base_follows_lerobots_feature_rules(
+    tmp_path: Path, tiny_ds: Path, tiny_cam_ds: Path, smolvla_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    base = smolvla_run / ckpt.PRETRAINED_DIR
+    args = ["train", "--output-dir", tmp_path / "run", "--policy", "smolvla", "--init-from"]
+    # The base reads a camera this dataset lacks: named in one line (lerobot-train would need a rename map).
+    code, _, err = run_cli([*args, base, "--dataset-root", tiny_ds], capsys)
+    line = one_error_line(err, after_logs=True)
+    assert code == 2 and "observation.images.front" in line and "rename" in line
+    # A 7-value state does not fit a base that pads state to 4 values.
+    small = tmp_path / "small_base"
+    shutil.copytree(base, small)
+    (small / ckpt.MANIFEST).unlink()  # a plain lerobot folder, edited by hand
+    config = json.loads((small / ckpt.POLICY_CONFIG).read_text())
+    (small / ckpt.POLICY_CONFIG).write_text(json.dumps({**config, "max_state_dim": 4}))
+    code, _, err = run_cli([*args, small, "--dataset-root", tiny_cam_ds], capsys)
+    line = one_error_line(err, after_logs=True)
+    assert code == 2 and "observation.state has 7 values" in line and "max_state_dim (4)" in line
