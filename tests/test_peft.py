@@ -169,6 +169,13 @@ def test_the_export_loads_in_lerobot_as_an_adapter_and_merged(
     assert torch.allclose(a, b, atol=1e-5)  # the merged model computes what base + adapter compute
     code, out_json, _ = run_cli(["checkpoints", "verify", out, merged, "--json"], capsys)
     assert code == 0, out_json
+    # The run's final model (PEFT layout) merges the same way.
+    final_merged = tmp_path / "final_merged"
+    code, _, err = run_cli(["export", lora_run, final_merged, "--final", "--merge"], capsys)
+    assert code == 0, err
+    again = get_policy_class("act").from_pretrained(final_merged)
+    with torch.no_grad():
+        assert torch.allclose(again.select_action(dict(batch)), b, atol=1e-5)
 
 
 @pytest.mark.train
@@ -228,3 +235,15 @@ def test_a_missing_peft_is_one_line_naming_the_extra(
     args = [*train_args(tmp_path / "run", tiny_ds), "--peft", "lora", "--init-from", tmp_path]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "pip install 'piperctl[vla]'" in one_error_line(err, after_logs=True)
+
+
+def test_gradient_checkpointing_is_set_where_the_policy_has_it() -> None:
+    from piperctl.training.config import TrainConfig
+    from piperctl.training.finetune import policy_options
+    from piperctl.training.policy import policy_class
+
+    cfg = TrainConfig.from_options("out", None, {"policy": "diffusion", "gradient_checkpointing": True})
+    assert policy_options(cfg, policy_class("diffusion"), {"horizon": 8}) == {
+        "horizon": 8,
+        "gradient_checkpointing": True,
+    }
