@@ -146,12 +146,28 @@ def require_policy_packages(policy_type: str) -> None:
         require_extra("transformers", f"the {policy_type} policy")
 
 
+# The Hub models a VLA's processors load by a fixed name (lerobot's processor_pi0/pi05.py).
+_PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"
+
+
+def hub_models(policy_cfg: Any) -> str | None:
+    """The Hub ids a VLA loads besides its weights (its VLM or tokenizers), for error messages."""
+    names = [
+        getattr(policy_cfg, f, None)
+        for f in ("vlm_model_name", "text_tokenizer_name", "action_tokenizer_name")
+        if isinstance(getattr(policy_cfg, f, None), str)
+    ]
+    if not names and policy_cfg.type in ("pi0", "pi05"):
+        names = [_PALIGEMMA_TOKENIZER]
+    return " or ".join(names) or None
+
+
 def hub_model_error(what: str, e: Exception, model_id: str | None) -> PiperctlError:
     """A model, tokenizer or processor the policy loads from the Hub is missing: one line naming it."""
     from piperctl import hub
     from piperctl.fs import first_line
 
-    name = model_id or "a model it needs"
+    name = model_id or "a model"
     if hub.offline():
         return PiperctlError(
             f"{what} needs {name} from the Hugging Face Hub, which is not in the local cache and HF_HUB_OFFLINE is set",
@@ -176,9 +192,7 @@ def build_policy(policy_cfg, ds_meta):
         raise PiperctlError(f"cannot build a {policy_cfg.type} policy for this dataset: {e}") from e
     except OSError as e:
         if policy_cfg.type in VLA_TYPES:
-            raise hub_model_error(
-                f"the {policy_cfg.type} policy", e, getattr(policy_cfg, "vlm_model_name", None)
-            ) from e
+            raise hub_model_error(f"the {policy_cfg.type} policy", e, hub_models(policy_cfg)) from e
         # Typically torchvision trying to download ImageNet backbone weights while offline.
         raise PiperctlError(
             f"cannot build the {policy_cfg.type} policy: {e}",
@@ -193,6 +207,4 @@ def new_processors(policy_cfg: Any, stats: dict) -> tuple[Any, Any]:
     try:
         return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
     except OSError as e:  # a tokenizer from the Hub (smolvla: vlm_model_name; pi0/pi05: PaliGemma's)
-        raise hub_model_error(
-            f"the {policy_cfg.type} policy's processors", e, getattr(policy_cfg, "vlm_model_name", None)
-        ) from e
+        raise hub_model_error(f"the {policy_cfg.type} policy's tokenizer", e, hub_models(policy_cfg)) from e
