@@ -3,6 +3,7 @@
 #   1. piperctl vs lerobot-train steps/s on default ACT, fp32 and bf16 (lerobot-train: use_amp)
 #   2. the training loop's stall per checkpoint save, background vs synchronous
 #   3. SIGKILL -> resume exactness on the GPU with deterministic algorithms
+#   4. (issue 19) a smolVLA LoRA fine-tune vs lerobot-train --peft: steps/s, save cost, sizes, memory
 # Usage: bash bench/gpu_check.sh            (CUDA)
 #        bash bench/gpu_check.sh --device cpu   (a dry run of the same steps, small sizes)
 set -euo pipefail
@@ -29,3 +30,10 @@ $PY bench/train_throughput.py "${QUICK[@]}" --device "$DEVICE" --precision bf16
 echo "== 3. SIGKILL -> resume exactness (deterministic algorithms)"
 $PY bench/exact_resume_check.py --device "$DEVICE" --precision fp32 --deterministic
 $PY bench/exact_resume_check.py --device "$DEVICE" --precision bf16 --deterministic
+
+# Needs lerobot/smolvla_base and HuggingFaceTB/SmolVLM2-500M-Video-Instruct in the Hugging Face cache
+# (the run is offline); skipped on the CPU dry run (a 450M-parameter model).
+if [[ "$DEVICE" != "cpu" ]]; then
+  echo "== 4. smolVLA LoRA fine-tune: steps/s vs lerobot-train --peft, save cost, checkpoint size, memory"
+  $PY bench/finetune_throughput.py --device "$DEVICE" --precision fp16
+fi

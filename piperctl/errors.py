@@ -49,3 +49,19 @@ def from_os_error(e: OSError) -> PiperctlError:
     return PiperctlError(
         message[0].lower() + message[1:] if message else message, hint=_OS_HINTS.get(e.errno or 0)
     )
+
+
+# The optional extra of pyproject.toml that brings each package piperctl may need beyond its core.
+EXTRAS = {"peft": "vla", "transformers": "vla", "num2words": "vla"}
+
+
+def require_extra(module: str, what: str) -> None:
+    """Refuse in one line when `module` (an optional dependency) is not installed, naming its extra."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        extra = EXTRAS.get(module, "vla")
+        raise PiperctlError(
+            f"{what} needs the {module} package, which is not installed",
+            hint=f"pip install 'piperctl[{extra}]'",
+        )

@@ -94,8 +94,8 @@ def _params(command: str) -> dict[str, object]:
 
 def test_train_options_are_trainconfigs() -> None:
     params = _params("train")
-    cli_only = {"policy_opt", "policy_config", "resume_from_checkpoint", "num_processes"}
-    from_cli_only = {"policy_options"}  # built from --policy-opt and --policy-config
+    cli_only = {"policy_opt", "policy_config", "peft_opt", "resume_from_checkpoint", "num_processes"}
+    from_cli_only = {"policy_options", "peft_options"}  # built from --policy-opt/--policy-config, --peft-opt
     assert set(params) - cli_only == set(TrainConfig.names()) - from_cli_only
     for name in set(TrainConfig.names()) - from_cli_only:
         p = params[name]

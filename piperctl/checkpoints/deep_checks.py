@@ -163,7 +163,10 @@ def _check_policy(ctx: Context) -> None:
     if not ctx.present(weights):
         return
     try:
-        load_weights(ctx.policy, ctx.folder / weights)
+        if ctx.present(fmt.BASE_REF):
+            ctx.policy = _finetuned_structure(ctx)
+        else:
+            load_weights(ctx.policy, ctx.folder / weights)
     except PiperctlError as e:
         ctx.add(
             "policy",
@@ -173,9 +176,29 @@ def _check_policy(ctx: Context) -> None:
         )
 
 
-def _param_groups(policy: Any) -> list[list[Any]] | None:
+def _finetuned_structure(ctx: Context) -> Any:
+    """A fine-tuning checkpoint's or PEFT model's architecture (base + adapter) with its saved tensors loaded.
+
+    The base's own weights are not needed to check that these fit (the `base` check proves the base).
+    """
+    from piperctl.checkpoints.adapters import load_adapter, load_trainable, read_base_ref
+    from piperctl.checkpoints.model import build_finetuned
+
+    ref = read_base_ref(ctx.folder)
+    assert ref is not None  # present: checked by the caller
+    policy = build_finetuned(ctx.cfg, ref, None)
+    if ctx.layout.weights == fmt.ADAPTER_WEIGHTS:
+        load_adapter(policy, ctx.folder / fmt.ADAPTER_WEIGHTS)
+    else:
+        load_trainable(policy, ctx.folder / ctx.layout.weights)
+    return policy
+
+
+def _param_groups(policy: Any, trainable_only: bool = False) -> list[list[Any]] | None:
     """The parameter groups the training loop built its optimizer from (None when not a flat list)."""
-    params = policy.get_optim_params()
+    from piperctl.checkpoints.adapters import trainable_param_groups
+
+    params = trainable_param_groups(policy) if trainable_only else policy.get_optim_params()
     if isinstance(params, dict):
         return None  # several named optimizers: not the single state dict we save
     params = list(params)
@@ -206,7 +229,7 @@ def _check_optimizer(ctx: Context) -> None:
     ):
         ctx.add("optimizer", "optimizer-invalid", f"{name} is not an optimizer state dict", name)
         return
-    expected = _param_groups(policy) if policy is not None else None
+    expected = _param_groups(policy, ctx.present(fmt.BASE_REF)) if policy is not None else None
     if expected is None:
         return  # nothing to compare with: the check stays "skipped" unless it failed above
     ctx.ran.add("optimizer")
@@ -364,3 +387,21 @@ def _check_processors(ctx: Context) -> None:
             f"the processors do not load ({first_line(e, limit=240)})",
             None,
         )
+
+
+@deep_check("base")
+def _check_base(ctx: Context) -> None:
+    """A fine-tuning model's base is where base_model.json says, with the same files (passes when it needs none)."""
+    from piperctl.checkpoints.adapters import base_problems, read_base_ref
+
+    ctx.ran.add("base")
+    if fmt.BASE_REF in ctx.escaped or not (ctx.folder / fmt.BASE_REF).exists():
+        return
+    try:
+        ref = read_base_ref(ctx.folder)
+    except PiperctlError as e:
+        ctx.add("base", e.code or "base-invalid", e.message, fmt.BASE_REF)
+        return
+    if ref is not None:
+        for p in base_problems(ref):
+            ctx.add("base", p.code, p.message, fmt.BASE_REF)

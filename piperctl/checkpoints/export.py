@@ -123,13 +123,23 @@ def _copy_processor(source: ModelSource, name: str, new_name: str, tmp: Path) ->
             _copy(source.folder / state_file, tmp / state_file)
 
 
-def lerobot_writer(source: ModelSource, info: dict[str, Any], eval_report: dict | None = None):
-    """A `publish` writer that fills a folder with `source`'s model in lerobot's layout, card and info."""
+def lerobot_writer(
+    source: ModelSource, info: dict[str, Any], eval_report: dict | None = None, merge: bool = False
+):
+    """A `publish` writer that fills a folder with `source`'s model in lerobot's layout, card and info.
+
+    A fine-tuning checkpoint (trainable tensors over a base) is rebuilt over its base and written
+    whole, or as a PEFT adapter folder that lerobot's make_policy loads over the same base;
+    `merge` writes a PEFT model as a plain one with the adapter merged in.
+    """
 
     def write(tmp: Path) -> None:
         layout = source.layout
-        _copy(source.folder / layout.weights, tmp / fmt.LEROBOT_WEIGHTS)
-        _copy(source.folder / fmt.POLICY_CONFIG, tmp / fmt.POLICY_CONFIG)
+        if (source.folder / fmt.BASE_REF).is_file():
+            _write_finetuned(source, tmp, merge)
+        else:
+            _copy(source.folder / layout.weights, tmp / fmt.LEROBOT_WEIGHTS)
+            _copy(source.folder / fmt.POLICY_CONFIG, tmp / fmt.POLICY_CONFIG)
         _copy_processor(source, layout.preprocessor, fmt.LEROBOT_PREPROCESSOR, tmp)
         _copy_processor(source, layout.postprocessor, fmt.LEROBOT_POSTPROCESSOR, tmp)
         write_model_info(tmp, info)
@@ -138,6 +148,29 @@ def lerobot_writer(source: ModelSource, info: dict[str, Any], eval_report: dict 
         (tmp / fmt.MODEL_CARD).write_text(model_card(info, eval_report), encoding="utf-8")
 
     return write
+
+
+def _write_finetuned(source: ModelSource, tmp: Path, merge: bool) -> None:
+    """The model files of a fine-tuning model: rebuilt over its checked base, then saved as lerobot loads them."""
+    from piperctl.checkpoints import adapters
+    from piperctl.checkpoints.model import load_finetuned, load_peft_model, load_policy_config
+
+    cfg = load_policy_config(source.folder, "cpu")
+    if source.layout is fmt.PEFT_LAYOUT:
+        policy = load_peft_model(source.folder, cfg, "cpu")
+    else:
+        policy = load_finetuned(source.folder, cfg, "cpu")
+    ref = adapters.read_base_ref(source.folder)
+    if ref is not None and ref.peft is not None and not merge:
+        policy.save_pretrained(tmp)  # PEFT: adapter_model.safetensors, adapter_config.json
+        policy.config.save_pretrained(tmp)
+        adapters.write_base_ref(tmp, ref)
+        return
+    if ref is not None and ref.peft is not None:
+        policy = policy.merge_and_unload()
+        policy.config.use_peft = False
+    policy.config.pretrained_path = None
+    policy.save_pretrained(tmp)  # the whole model: model.safetensors, config.json
 
 
 def load_eval_report(path: Path, source: ModelSource) -> dict:
@@ -168,6 +201,7 @@ def export_model(
     push_to_hub: str | None = None,
     private: bool = False,
     eval_report: str | Path | None = None,
+    merge: bool = False,
 ) -> ExportResult:
     """Export the model at `path` (a run: its best checkpoint by default) to folder `out`, and optionally push it."""
     source = resolve_model(path, final=final)
@@ -178,7 +212,7 @@ def export_model(
             raise PiperctlError(
                 "no OUT folder given", hint="pass OUT, or --push-to-hub REPO_ID for an exported model"
             )
-        if source.kind != "model" or source.layout is not fmt.LEROBOT_LAYOUT:
+        if source.kind != "model" or source.layout not in (fmt.LEROBOT_LAYOUT, fmt.PEFT_LAYOUT):
             raise PiperctlError(
                 f"{path} is not an exported model",
                 hint="pass an OUT folder to export it first (it is pushed from there)",
@@ -197,7 +231,7 @@ def export_model(
     info = _info_for(source)
     log(f"exporting {source.description}")
     try:
-        publish(out, lerobot_writer(source, info, report), source.step)
+        publish(out, lerobot_writer(source, info, report, merge), source.step)
     except OSError as e:
         raise PiperctlError(
             f"cannot write {out} ({e.strerror or e})", hint="check the path, permissions and free space"

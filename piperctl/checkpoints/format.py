@@ -52,6 +52,13 @@ LEROBOT_POSTPROCESSOR = "policy_postprocessor.json"
 MODEL_INFO = "piperctl.json"  # where the model came from: run, step, dataset and split, losses
 MODEL_CARD = "README.md"
 
+# A fine-tuning run (--peft, --freeze) saves only what it trains; the rest comes from its base model,
+# named (and fingerprinted) by BASE_REF. A PEFT model in lerobot's layout is PEFT's own adapter files
+# beside config.json (use_peft: true): lerobot's make_policy loads it as an adapter over its base.
+BASE_REF = "base_model.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
 
 @dataclass(frozen=True)
 class ModelLayout:
@@ -62,15 +69,19 @@ class ModelLayout:
     preprocessor: str
     postprocessor: str
     config: str = POLICY_CONFIG
+    extra: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
         """The model files every folder of this layout holds."""
-        return (self.weights, self.config, self.preprocessor, self.postprocessor)
+        return (self.weights, self.config, self.preprocessor, self.postprocessor, *self.extra)
 
 
 CHECKPOINT_LAYOUT = ModelLayout("checkpoint", POLICY_WEIGHTS, PREPROCESSOR_CONFIG, POSTPROCESSOR_CONFIG)
 LEROBOT_LAYOUT = ModelLayout("lerobot", LEROBOT_WEIGHTS, LEROBOT_PREPROCESSOR, LEROBOT_POSTPROCESSOR)
+PEFT_LAYOUT = ModelLayout(
+    "peft", ADAPTER_WEIGHTS, LEROBOT_PREPROCESSOR, LEROBOT_POSTPROCESSOR, extra=(ADAPTER_CONFIG, BASE_REF)
+)
 
 
 def model_layout(folder: Path, listed: object = None) -> ModelLayout:
@@ -85,6 +96,8 @@ def model_layout(folder: Path, listed: object = None) -> ModelLayout:
         names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     if CHECKPOINT_LAYOUT.weights in names or CHECKPOINT_LAYOUT.preprocessor in names:
         return CHECKPOINT_LAYOUT
+    if ADAPTER_CONFIG in names:
+        return PEFT_LAYOUT
     return LEROBOT_LAYOUT
 
 

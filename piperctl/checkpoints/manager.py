@@ -23,7 +23,6 @@ from rich.filesize import decimal
 from piperctl import __version__
 from piperctl.checkpoints.atomic import fsync_dir, read_json, remove_stale_tmp, write_json
 from piperctl.checkpoints.format import (
-    LEROBOT_LAYOUT,
     MANIFEST,
     METRICS_FILE,
     PRETRAINED_DIR,
@@ -35,6 +34,7 @@ from piperctl.checkpoints.format import (
     checkpoint_dir,
     list_checkpoints,
     looks_like_checkpoint,
+    model_layout,
 )
 from piperctl.checkpoints.integrity import (
     QuickCheck,
@@ -211,7 +211,8 @@ class CheckpointManager:
 
 def final_model_intact(run_dir: Path) -> bool:
     """True when the run's final model (RUN_DIR/pretrained_model) is complete and matches its manifest."""
-    return check_checkpoint(run_dir / PRETRAINED_DIR, required=LEROBOT_LAYOUT.files).ok
+    final = run_dir / PRETRAINED_DIR
+    return check_checkpoint(final, required=model_layout(final).files).ok
 
 
 def write_run_file(run_dir: Path, run_id: str, config: dict[str, Any] | None = None) -> None:

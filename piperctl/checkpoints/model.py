@@ -14,10 +14,14 @@ import torch
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model
 
+from piperctl.checkpoints import adapters
 from piperctl.checkpoints.format import (
+    ADAPTER_WEIGHTS,
+    BASE_REF,
     CHECKPOINT_LAYOUT,
     LEROBOT_WEIGHTS,
     POLICY_CONFIG,
+    POLICY_WEIGHTS,
     ModelLayout,
     model_layout,
 )
@@ -151,9 +155,59 @@ def load_model(folder: Path, device: str = "cpu", layout: ModelLayout | None = N
     """Load a checkpoint, a run's final model or an export for inference, with piperctl's safe loaders."""
     layout = layout or model_layout(folder)
     cfg = load_policy_config(folder, device)
-    policy = policy_from_config(cfg)
-    load_weights(policy, folder / layout.weights)
+    if (folder / BASE_REF).is_file():
+        # Only what fine-tuning trained is here: rebuilt over its (checked) base.
+        load = load_peft_model if layout.weights == ADAPTER_WEIGHTS else load_finetuned
+        policy = load(folder, cfg, device)
+    else:
+        policy = policy_from_config(cfg)
+        load_weights(policy, folder / layout.weights)
     policy.to(device)
     policy.eval()
     preprocessor, postprocessor = load_processors(cfg, folder, device, layout)
     return LoadedModel(folder, layout, cfg, policy, preprocessor, postprocessor)
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuned models (checkpoints/adapters.py): base architecture + adapter + trainable tensors
+
+
+def build_finetuned(cfg: Any, ref: adapters.BaseRef, base_weights: Path | None) -> Any:
+    """The model a fine-tuning run trains: the base architecture (`base_weights` loaded when given), its adapter.
+
+    The trainable tensors are loaded afterwards (`load_trainable`). Without base weights (verify's
+    structural check) the base parameters keep their initial values.
+    """
+    base_cfg = dataclasses.replace(cfg, use_peft=False, pretrained_path=None)
+    policy = policy_from_config(base_cfg)
+    policy.config = cfg
+    if base_weights is not None:
+        load_weights(policy, base_weights)
+    if ref.peft is not None:
+        policy = adapters.wrap_peft(policy, adapters.peft_config_from(ref.peft), ref)
+    return policy
+
+
+def load_finetuned(folder: Path, cfg: Any, device: str) -> Any:
+    """A fine-tuning checkpoint's model, rebuilt over its (checked) base, on `device`."""
+    ref = adapters.read_base_ref(folder)
+    if ref is None:
+        raise PiperctlError(f"{folder / BASE_REF} is missing", code="missing-file")
+    base = adapters.require_base(ref)
+    policy = build_finetuned(cfg, ref, base / LEROBOT_WEIGHTS)
+    adapters.load_trainable(policy, folder / POLICY_WEIGHTS)
+    return policy.to(device)
+
+
+def load_peft_model(folder: Path, cfg: Any, device: str) -> Any:
+    """A PEFT model folder in lerobot's layout (adapter files + base_model.json), rebuilt over its checked base."""
+    ref = adapters.read_base_ref(folder)
+    if ref is None or ref.peft is None:
+        raise PiperctlError(
+            f"{folder} holds a PEFT adapter without piperctl's {BASE_REF}",
+            hint="load it with lerobot's make_policy (it reads the base from adapter_config.json)",
+        )
+    base = adapters.require_base(ref)
+    policy = build_finetuned(cfg, ref, base / LEROBOT_WEIGHTS)
+    adapters.load_adapter(policy, folder / ADAPTER_WEIGHTS)
+    return policy.to(device)

@@ -137,12 +137,13 @@ def resolve_model(path: str | Path, *, final: bool = False) -> ModelSource:
             )
         final_dir = path / fmt.PRETRAINED_DIR
         if (final_dir / fmt.MANIFEST).is_file():
-            _require_intact(final_dir, "final model", fmt.LEROBOT_LAYOUT.files)
+            layout = fmt.model_layout(final_dir)  # lerobot's, or a PEFT adapter's
+            _require_intact(final_dir, "final model", layout.files)
             info = read_model_info(final_dir)
             step = (info or {}).get("step")
             return ModelSource(
                 final_dir,
-                fmt.LEROBOT_LAYOUT,
+                layout,
                 "final",
                 f"the run's final model ({fmt.PRETRAINED_DIR}, step {step})",
                 run_dir=path,

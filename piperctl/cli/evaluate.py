@@ -37,6 +37,12 @@ def export_cmd(
             "--eval-report", help="A 'piperctl eval --json' report of this model for the model card."
         ),
     ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge", help="Of a PEFT model: write a plain model with the adapter merged into its base."
+        ),
+    ] = False,
     force: Force = False,
 ) -> None:
     """Write a model in lerobot's pretrained_model layout (with model card and manifest), and push it to the Hub."""
@@ -50,6 +56,7 @@ def export_cmd(
         push_to_hub=push_to_hub,
         private=private,
         eval_report=eval_report,
+        merge=merge,
     )
     if result.out is not None:
         typer.echo(

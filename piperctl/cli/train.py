@@ -91,6 +91,19 @@ def train_cmd(
         Path | None, typer.Option(help="Continue from this checkpoint instead (same as 'piperctl resume').")
     ] = None,
     init_from: Annotated[str | None, _opt("init_from")] = _default("init_from"),
+    peft: Annotated[str | None, _opt("peft")] = _default("peft"),
+    peft_opt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peft-opt",
+            help="Set a PEFT option, KEY=VALUE (r, lora_alpha, target_modules, full_training_modules, "
+            "init_type, method_type; JSON values); repeatable.",
+        ),
+    ] = None,
+    freeze: Annotated[list[str] | None, _opt("freeze")] = _default("freeze"),
+    gradient_checkpointing: Annotated[bool, _opt("gradient_checkpointing")] = _default(
+        "gradient_checkpointing"
+    ),
     allow_dataset_change: Annotated[bool, _opt("allow_dataset_change")] = _default("allow_dataset_change"),
     precision: Annotated[str | None, _opt("precision")] = _default("precision"),
     grad_accum: Annotated[int, _opt("grad_accum")] = _default("grad_accum"),
@@ -119,11 +132,13 @@ def train_cmd(
         )
         return
     from piperctl import train
+    from piperctl.training.finetune import parse_peft_options
     from piperctl.training.policy import parse_policy_options
 
     options = {name: local[name] for name in TrainConfig.names() if name in local}
     options.pop("output_dir")
     options["policy_options"] = parse_policy_options(policy_opt, policy_config)
+    options["peft_options"] = parse_peft_options(peft_opt)
     train(output_dir, **options)
 
 

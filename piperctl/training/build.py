@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
     from torch.utils.data import DataLoader, Dataset
 
+    from piperctl.checkpoints.adapters import BaseRef
+
 
 @dataclass
 class DataSplit:
@@ -52,6 +54,7 @@ class ModelParts:
     scheduler: LRScheduler | None
     grad_clip_norm: float
     lr_schedule: LrSchedule
+    base: BaseRef | None = None  # a fine-tuning run's base: only the trainable tensors are saved
 
 
 @dataclass
@@ -86,29 +89,41 @@ def fresh_model(cfg: TrainConfig, device: str, split: DataSplit) -> ModelParts:
     """A new policy (seeded with --seed; --init-from weights if given), processors from the training stats."""
     from piperctl.checkpoints.model import load_weights
     from piperctl.checkpoints.sources import resolve_pretrained
+    from piperctl.training import finetune
     from piperctl.training.init_from import init_policy_config
-    from piperctl.training.policy import build_policy, make_policy_config, new_processors
+    from piperctl.training.policy import (
+        build_policy,
+        make_policy_config,
+        new_processors,
+        policy_class,
+        require_policy_packages,
+    )
 
+    finetune.check_options(cfg)
+    require_policy_packages(cfg.policy)
     rng.seed_everything(cfg.seed)
     options = dict(cfg.policy_options)
     if cfg.lr is not None:
         options.setdefault("optimizer_lr", cfg.lr)
+    options = finetune.policy_options(cfg, policy_class(cfg.policy), options)
     init = resolve_pretrained(cfg.init_from) if cfg.init_from else None
     if init is None:
         policy_cfg = make_policy_config(cfg.policy, device, options)
     else:
         policy_cfg = init_policy_config(init, cfg.policy, device, options, split.meta)
     policy = build_policy(policy_cfg, split.meta)
+    base = None
     if init is not None:
         load_weights(policy, init.folder / init.layout.weights)
         log(f"initialised weights from {init.description}")
+        policy, base = finetune.apply(cfg, policy, init)
     shapes = feature_shapes(policy.config)
     policy.to(device)
     stats = multi_dataset.train_stats(split.sources)
     if cfg.imagenet_stats:
         stats = data.with_imagenet_stats(stats, split.meta)
     preprocessor, postprocessor = new_processors(policy_cfg, stats)
-    return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor)
+    return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor, base)
 
 
 def resumed_model(
@@ -118,19 +133,31 @@ def resumed_model(
 
     The weights, optimizer and the rest of the state are loaded afterwards by `RunState.restore`.
     """
+    from piperctl.checkpoints.adapters import load_trainable, read_base_ref
+    from piperctl.checkpoints.format import POLICY_WEIGHTS
     from piperctl.checkpoints.model import load_processors
-    from piperctl.training.policy import build_policy
+    from piperctl.training.policy import build_policy, require_policy_packages
 
     if not multi_dataset.require_same_datasets(split.sources, state, folder, cfg.allow_dataset_change):
         log(
             "warning: the dataset changed since this checkpoint (--allow-dataset-change): the data order is not exact"
         )
+    require_policy_packages(cfg.policy)
     policy_cfg = load_policy_config(folder, device)
     if policy_cfg.type != cfg.policy:
         raise PiperctlError(
             f"{folder}/config.json holds a {policy_cfg.type!r} policy but the run trains {cfg.policy!r}"
         )
-    policy = build_policy(policy_cfg, split.meta)
+    base = read_base_ref(folder)
+    if base is None:
+        policy = build_policy(policy_cfg, split.meta)
+    else:
+        from piperctl.training.finetune import rebuild
+
+        # Base weights and adapter as the run started, then the checkpoint's trainable tensors (which
+        # decide what the optimizer holds).
+        policy = rebuild(policy_cfg, base, device)
+        load_trainable(policy, folder / POLICY_WEIGHTS)
     shapes = feature_shapes(policy.config)
     dataset_shapes = dataset_feature_shapes(split.meta)
     mismatched = {k: (v, dataset_shapes.get(k)) for k, v in shapes.items() if dataset_shapes.get(k) != v}
@@ -142,7 +169,7 @@ def resumed_model(
         )
     policy.to(device)
     preprocessor, postprocessor = load_processors(policy_cfg, folder, device)
-    return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor)
+    return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor, base)
 
 
 def _with_optimizer(
@@ -152,12 +179,19 @@ def _with_optimizer(
     shapes: dict[str, list[int]],
     preprocessor: PolicyProcessorPipeline,
     postprocessor: PolicyProcessorPipeline,
+    base: BaseRef | None = None,
 ) -> ModelParts:
-    """The policy's optimizer and LR scheduler presets (with --lr), as lerobot-train builds them."""
+    """The policy's optimizer and LR scheduler presets (with --lr), as lerobot-train builds them.
+
+    A fine-tuning run's optimizer holds only the trainable tensors (its checkpoints save only those).
+    """
+    from piperctl.checkpoints.adapters import trainable_param_groups
+
     opt_cfg = policy_cfg.get_optimizer_preset()
     if cfg.lr is not None:
         opt_cfg.lr = cfg.lr
-    optimizer = opt_cfg.build(policy.get_optim_params())
+    params = policy.get_optim_params() if base is None else trainable_param_groups(policy)
+    optimizer = opt_cfg.build(params)
     sched_cfg = policy_cfg.get_scheduler_preset()
     scheduler = sched_cfg.build(optimizer, cfg.steps) if sched_cfg is not None else None
     lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
@@ -173,7 +207,7 @@ def _with_optimizer(
     )
     clip = float(getattr(opt_cfg, "grad_clip_norm", 0.0) or 0.0)
     return ModelParts(
-        policy_cfg, policy, shapes, preprocessor, postprocessor, optimizer, scheduler, clip, schedule
+        policy_cfg, policy, shapes, preprocessor, postprocessor, optimizer, scheduler, clip, schedule, base
     )
 
 

@@ -121,6 +121,22 @@ class TrainConfig:
         "Start from these weights (fresh optimizer, step 0): a piperctl run, checkpoint or export, a "
         "lerobot pretrained_model folder, or a Hub model id.",
     )
+    peft: str | None = option(
+        None,
+        "Fine-tune with PEFT adapters of this method (lora, ...) over --init-from's weights, which stay "
+        "frozen; checkpoints then hold only the adapter.",
+    )
+    peft_options: dict[str, Any] = option(
+        None, "PEFT config fields (from --peft-opt: r, lora_alpha, target_modules, ...).", factory=dict
+    )
+    freeze: list[str] | None = option(
+        None,
+        "Keep the parameters whose names match this glob fixed (e.g. 'model.backbone.*'); repeatable. "
+        "Needs --init-from: frozen parameters come from it and are not saved.",
+    )
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in backward to save memory, where the policy supports it."
+    )
     allow_dataset_change: bool = option(
         False, "When resuming (resume, or train --resume-from-checkpoint): accept a changed dataset."
     )
@@ -213,6 +229,8 @@ class TrainConfig:
             )
         if cfg.augment_config is not None:
             cfg.augment = True
+        if isinstance(cfg.freeze, str):
+            cfg.freeze = [cfg.freeze]
         cfg.validate()
         return cfg
 

@@ -13,7 +13,9 @@ from typing import Any
 from piperctl.errors import PiperctlError
 
 # Fields that describe where a config was used, not the architecture: never carried over.
-_NOT_CARRIED = {"device", "pretrained_path", "push_to_hub", "repo_id", "private", "tags", "license"}
+_NOT_CARRIED = {
+    "device", "pretrained_path", "push_to_hub", "repo_id", "private", "tags", "license", "use_peft",
+}  # fmt: skip
 
 
 def init_policy_config(
@@ -24,13 +26,20 @@ def init_policy_config(
     from piperctl.checkpoints.sources import check_features_fit
     from piperctl.training.policy import _decode
 
+    if init.layout.name == "peft":
+        raise PiperctlError(
+            f"--init-from {init.description} is a PEFT adapter, not a whole model",
+            hint="merge it first ('piperctl export MODEL OUT --merge') and start from OUT",
+        )
     base = load_policy_config(init.folder, device)
     if base.type != policy_type:
         raise PiperctlError(
             f"--init-from {init.description} holds a {base.type!r} policy, not {policy_type!r}",
             hint=f"pass --policy {base.type}",
         )
-    check_features_fit(base, ds_meta, f"--init-from {init.description}")
+    padded = _padded_features(base, ds_meta, f"--init-from {init.description}")
+    if padded is None:
+        check_features_fit(base, ds_meta, f"--init-from {init.description}")
     cls = type(base)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - fields)
@@ -44,6 +53,10 @@ def init_policy_config(
         for f in dataclasses.fields(cls)
         if f.init and f.name not in _NOT_CARRIED and f.name not in options
     }
+    if padded is not None:
+        # lerobot's rule for a pretrained VLA: the base's inputs, read from the dataset at its sizes
+        # (state padded, images resized by the policy); the actions are the dataset's.
+        carried["input_features"], carried["output_features"] = padded, None
     if "pretrained_backbone_weights" in fields and "pretrained_backbone_weights" not in options:
         # The pretrained weights replace the backbone anyway: never download ImageNet weights for it.
         carried["pretrained_backbone_weights"] = None
@@ -51,3 +64,36 @@ def init_policy_config(
         return cls(**{**carried, **_decode(cls, options), "device": device, "push_to_hub": False})
     except (TypeError, ValueError) as e:
         raise PiperctlError(f"invalid {policy_type} policy options on top of --init-from: {e}") from e
+
+
+def _padded_features(base: Any, ds_meta: Any, what: str) -> dict[str, Any] | None:
+    """The input features of a VLA base that pads state and action (smolvla, pi0, pi05, ...) for this dataset.
+
+    None for other policies (their features must fit exactly). The base's inputs must all be in the
+    dataset (lerobot-train keeps them too; its --rename-map renames the dataset's keys to them); state
+    and action may have any size up to the base's `max_state_dim` / `max_action_dim`.
+    """
+    if not hasattr(base, "max_state_dim") or not hasattr(base, "max_action_dim"):
+        return None
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    have = dataset_to_policy_features(ds_meta.features)
+    missing = [k for k in base.input_features or {} if k not in have]
+    if missing:
+        raise PiperctlError(
+            f"{what} reads {', '.join(missing)}, which the dataset does not have (it has {', '.join(sorted(have))})",
+            hint="give the dataset's cameras the base's names (what lerobot-train's --rename-map does), "
+            "or start from a base trained with your names",
+        )
+    for key, limit, name in (
+        ("observation.state", base.max_state_dim, "max_state_dim"),
+        ("action", base.max_action_dim, "max_action_dim"),
+    ):
+        size = have[key].shape[0] if key in have else 0
+        if size > limit:
+            raise PiperctlError(
+                f"the dataset's {key} has {size} values, more than {what}'s {name} ({limit}), "
+                "the size lerobot pads it to",
+                hint=f"use a base with {name} >= {size}",
+            )
+    return {k: have[k] for k in base.input_features or {}}

@@ -116,15 +116,83 @@ def make_policy_config(policy_type: str, device: str, options: dict[str, Any]):
         raise PiperctlError(f"invalid {policy_type} policy options: {e}") from e
 
 
+def policy_class(policy_type: str) -> type:
+    """The lerobot config class of `policy_type` (one line for an unknown type)."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    from piperctl.quiet import quiet_third_party
+
+    quiet_third_party()
+    import lerobot.policies  # noqa: F401  (registers every policy type)
+
+    known = sorted(PreTrainedConfig.get_known_choices())
+    if policy_type not in known:
+        raise PiperctlError(f"unknown policy type {policy_type!r}", hint=f"choose one of: {', '.join(known)}")
+    return PreTrainedConfig.get_choice_class(policy_type)
+
+
+# lerobot policy types built on transformers (lerobot's smolvla, pi, groot, xvla, wallx, ... extras):
+# piperctl's `vla` extra brings what they need.
+VLA_TYPES = frozenset(
+    {"smolvla", "pi0", "pi05", "pi0_fast", "groot", "xvla", "wall_x", "eo1", "evo1", "molmoact2", "vla_jepa"}
+)
+
+
+def require_policy_packages(policy_type: str) -> None:
+    """Refuse in one line a policy type whose optional packages are missing, naming piperctl's extra."""
+    if policy_type in VLA_TYPES:
+        from piperctl.errors import require_extra
+
+        require_extra("transformers", f"the {policy_type} policy")
+
+
+# The Hub models a VLA's processors load by a fixed name (lerobot's processor_pi0/pi05.py).
+_PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"
+
+
+def hub_models(policy_cfg: Any) -> str | None:
+    """The Hub ids a VLA loads besides its weights (its VLM or tokenizers), for error messages."""
+    names = [
+        getattr(policy_cfg, f, None)
+        for f in ("vlm_model_name", "text_tokenizer_name", "action_tokenizer_name")
+        if isinstance(getattr(policy_cfg, f, None), str)
+    ]
+    if not names and policy_cfg.type in ("pi0", "pi05"):
+        names = [_PALIGEMMA_TOKENIZER]
+    return " or ".join(names) or None
+
+
+def hub_model_error(what: str, e: Exception, model_id: str | None) -> PiperctlError:
+    """A model, tokenizer or processor the policy loads from the Hub is missing: one line naming it."""
+    from piperctl import hub
+    from piperctl.fs import first_line
+
+    name = model_id or "a model"
+    if hub.offline():
+        return PiperctlError(
+            f"{what} needs {name} from the Hugging Face Hub, which is not in the local cache and HF_HUB_OFFLINE is set",
+            hint="unset HF_HUB_OFFLINE once so that it is downloaded, or point the option at a local copy "
+            "(e.g. --policy-opt vlm_model_name=FOLDER)",
+        )
+    return PiperctlError(f"{what} cannot load {name} from the Hugging Face Hub ({first_line(e)})")
+
+
 def build_policy(policy_cfg, ds_meta):
     """Instantiate a fresh policy whose input/output features come from the dataset."""
     from lerobot.policies.factory import make_policy
 
     try:
         return make_policy(cfg=policy_cfg, ds_meta=ds_meta)
+    except ImportError as e:
+        raise PiperctlError(
+            f"the {policy_cfg.type} policy needs a package that is not installed ({e})",
+            hint="pip install 'piperctl[vla]'",
+        ) from e
     except (ValueError, NotImplementedError) as e:
         raise PiperctlError(f"cannot build a {policy_cfg.type} policy for this dataset: {e}") from e
     except OSError as e:
+        if policy_cfg.type in VLA_TYPES:
+            raise hub_model_error(f"the {policy_cfg.type} policy", e, hub_models(policy_cfg)) from e
         # Typically torchvision trying to download ImageNet backbone weights while offline.
         raise PiperctlError(
             f"cannot build the {policy_cfg.type} policy: {e}",
@@ -136,4 +204,7 @@ def new_processors(policy_cfg: Any, stats: dict) -> tuple[Any, Any]:
     """Fresh pre/post-processor pipelines normalizing with the training episodes' `stats`."""
     from lerobot.policies.factory import make_pre_post_processors
 
-    return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
+    try:
+        return make_pre_post_processors(policy_cfg=policy_cfg, dataset_stats=stats)
+    except OSError as e:  # a tokenizer from the Hub (smolvla: vlm_model_name; pi0/pi05: PaliGemma's)
+        raise hub_model_error(f"the {policy_cfg.type} policy's tokenizer", e, hub_models(policy_cfg)) from e

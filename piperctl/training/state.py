@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from piperctl import __version__
+from piperctl.checkpoints.adapters import (
+    BaseRef,
+    save_finetuned_files,
+    save_peft_model,
+    trainable_tensors,
+)
 from piperctl.checkpoints.format import (
     LEROBOT_LAYOUT,
     MODEL_CARD,
@@ -118,10 +124,22 @@ class Snapshot:
     optimizer: dict[str, Any]
     generators: list[rng.RngState]  # every rank's, rank r's at index r
     training_state: TrainingState
+    base: BaseRef | None = None  # a fine-tuning run: `trainable` is saved instead of the whole policy
+    trainable: dict[str, torch.Tensor] | None = None
 
     def write(self, folder: Path) -> None:
         """Write the checkpoint's files into `folder` (the manager publishes and seals it)."""
-        save_model_files(folder, self.policy, self.preprocessor, self.postprocessor)
+        if self.base is None:
+            save_model_files(folder, self.policy, self.preprocessor, self.postprocessor)
+        else:
+            save_finetuned_files(
+                folder,
+                self.policy.config,
+                self.trainable or {},
+                self.base,
+                self.preprocessor,
+                self.postprocessor,
+            )
         maybe_crash("mid-save", self.step)
         maybe_crash("disk-full", self.step)
         torch.save(self.optimizer, folder / OPTIMIZER_STATE)
@@ -152,6 +170,7 @@ class RunState:
         self.resumed_from: Path | None = None
         self._shadow: PreTrainedPolicy | None = None
         self._optimizer_shadow: dict[str, Any] | None = None
+        self._trainable_shadow: dict[str, torch.Tensor] | None = None
 
     def training_state(self) -> TrainingState:
         """Where the run stands now, as training_state.json records it."""
@@ -172,23 +191,38 @@ class RunState:
         """
         state = self.training_state()
         generators = self.rng.state_dict()
+        p = self.parts
+        if p.base is not None:
+            # Only what trains changes: the trainable tensors (and their optimizer state) are the save.
+            live = trainable_tensors(p.policy)
+            trainable = _cpu_copy(live, into=self._trainable_shadow) if copy else live
+            optimizer = self._copy_optimizer() if copy else p.optimizer.state_dict()
+            self._trainable_shadow = trainable if copy else None
+            return Snapshot(
+                state.step, p.policy, p.preprocessor, p.postprocessor, optimizer, generators, state,
+                p.base, trainable,
+            )  # fmt: skip
         if copy:
             policy, optimizer = self.cpu_copies()
         else:
             policy, optimizer = self.parts.policy, self.parts.optimizer.state_dict()
-        p = self.parts
         return Snapshot(state.step, policy, p.preprocessor, p.postprocessor, optimizer, generators, state)
+
+    def _copy_optimizer(self) -> dict[str, Any]:
+        # Copying into the buffers of the previous save avoids allocating (and page-faulting) them anew.
+        self._optimizer_shadow = _cpu_copy(self.parts.optimizer.state_dict(), into=self._optimizer_shadow)
+        return self._optimizer_shadow
 
     def cpu_copies(self) -> tuple[PreTrainedPolicy, dict[str, Any]]:
         """CPU copies of the weights (in a shadow policy, built once) and of the optimizer state."""
+        if self.parts.base is not None:
+            return self.parts.policy, self._copy_optimizer()  # capture copies only the trainable tensors
         if self._shadow is None:
             # Building a module draws initial weights from the global generators: keep training's stream.
             with isolated_rng(0):
                 self._shadow = policy_from_config(self.parts.policy_cfg).to("cpu")
         self._shadow.load_state_dict(self.parts.policy.state_dict())
-        # Copying into the buffers of the previous save avoids allocating (and page-faulting) them anew.
-        self._optimizer_shadow = _cpu_copy(self.parts.optimizer.state_dict(), into=self._optimizer_shadow)
-        return self._shadow, self._optimizer_shadow
+        return self._shadow, self._copy_optimizer()
 
     def restore(self, folder: Path, state: TrainingState) -> bool:
         """Load every part from checkpoint `folder` (whose verified training state is `state`).
@@ -196,7 +230,8 @@ class RunState:
         True when this run has another number of processes than the one that wrote the checkpoint
         (a new stretch of the topology begins).
         """
-        load_weights(self.parts.policy, folder / POLICY_WEIGHTS)
+        if self.parts.base is None:  # a fine-tuning run's tensors were loaded when its model was rebuilt
+            load_weights(self.parts.policy, folder / POLICY_WEIGHTS)
         _load_optimizer_state(self.parts.optimizer, folder / OPTIMIZER_STATE)
         self.precision.load_state_dict(state.scaler)
         if self.parts.scheduler is not None and state.scheduler is not None:
@@ -222,7 +257,10 @@ class RunState:
         from piperctl.checkpoints.model_card import model_card
 
         p = self.parts
-        save_model_files(folder, p.policy, p.preprocessor, p.postprocessor, LEROBOT_LAYOUT)
+        if p.base is not None and p.base.peft is not None:
+            save_peft_model(folder, p.policy, p.base, p.preprocessor, p.postprocessor)
+        else:
+            save_model_files(folder, p.policy, p.preprocessor, p.postprocessor, LEROBOT_LAYOUT)
         info = model_info(self.training_state(), run_dir, "final")
         write_model_info(folder, info)
         (folder / MODEL_CARD).write_text(model_card(info), encoding="utf-8")
