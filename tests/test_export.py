@@ -231,7 +231,7 @@ def test_best_checkpoint_survives_rotation_is_listed_and_exported(
     from piperctl.training.trainer import Trainer
 
     values = iter([5.0, 1.0, 3.0, 4.0])
-    monkeypatch.setattr(Trainer, "validate", lambda self: next(values))
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"val_loss": next(values)})
     run = tmp_path / "best"
     _train(run, tiny_ds, steps=8, save_every=2, keep_last=1)
     # keep-last 1 keeps the newest, and the best (val 1.0 at step 4) is never rotated away.
