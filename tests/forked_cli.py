@@ -66,6 +66,9 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
         sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False, encoding="utf-8")  # noqa: SIM115
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # A process forked by the server inherits its start method; the console script's DataLoader
+        # workers fork from the trainer (and die with it), so must these.
+        multiprocessing.set_start_method("fork", force=True)
         os.environ.clear()
         os.environ.update(env)
         os.chdir(cwd)

@@ -127,6 +127,27 @@ def test_a_locked_run_refuses_other_writers_but_not_readers(
     assert code == 0, err
 
 
+def test_a_killed_writers_forked_workers_do_not_keep_its_lock(tmp_path: Path) -> None:
+    """DataLoader workers are forks of the trainer: orphaned by a SIGKILL, they must not hold the run."""
+    code = (
+        "import os, sys, time; from pathlib import Path; from piperctl.checkpoints.lock import RunLock\n"
+        "RunLock().acquire(Path(sys.argv[1]))\n"
+        "if os.fork() == 0:\n    time.sleep(60); os._exit(0)\n"
+        "print('locked', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([python_exe(), "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        proc.kill()
+        proc.wait()
+        lock = RunLock()
+        lock.acquire(tmp_path)  # at once, while the orphaned child still sleeps
+        lock.release()
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path)], check=False)
+
+
 @pytest.mark.train
 def test_two_trains_into_one_folder_one_wins(
     tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]

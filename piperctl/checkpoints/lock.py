@@ -26,6 +26,7 @@ class RunLock:
         self.run_dir: Path | None = None
         self._fd: int | None = None
         self._created = False
+        self._fork_hook = False
 
     @property
     def held(self) -> bool:
@@ -60,6 +61,16 @@ class RunLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self.run_dir, self._fd = run_dir, fd
+        if not self._fork_hook:
+            # A forked child (a DataLoader worker) shares the locked file description: were it to keep
+            # it, the lock would outlive this process by the seconds an orphaned worker takes to exit.
+            os.register_at_fork(after_in_child=self._drop_in_child)
+            self._fork_hook = True
+
+    def _drop_in_child(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def release(self) -> None:
         """Let go of the lock; a folder that never became a run is left as it was found."""
