@@ -27,6 +27,9 @@ def test_demo_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    # The notebook works in tempfile.mkdtemp(): inside this test's folder, removed with it.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         nb, kernel_name="piperctl-test", timeout=300, resources={"metadata": {"path": str(tmp_path)}}
