@@ -414,8 +414,13 @@ def read_metrics(path: Path) -> list[dict]:
     """All well-formed lines of a run's metrics.jsonl (a torn last line from a crash is skipped)."""
     if not path.is_file():
         return []
+    return parse_metrics(path.read_text(encoding="utf-8"))
+
+
+def parse_metrics(text: str) -> list[dict]:
+    """The well-formed step records of metrics.jsonl text (a torn last line is skipped)."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

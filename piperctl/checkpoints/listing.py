@@ -6,6 +6,7 @@ import bisect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.filesize import decimal
 
@@ -122,39 +123,53 @@ def list_run(run_dir: Path) -> list[Row]:
     # Same rule as `piperctl resume RUN_DIR`, hashing only the candidates it would have to hash.
     picked, _ = pick_resumable(checks)
     rows = fmt.read_metrics(run_dir / fmt.METRICS_FILE)
-    train = Series([(r["step"], float(r["loss"])) for r in rows if isinstance(r.get("loss"), int | float)])
-    val = Series(
-        [(r["step"], float(r["val_loss"])) for r in rows if isinstance(r.get("val_loss"), int | float)]
-    )
+    train, val = loss_series(rows)
     from piperctl.checkpoints.sources import find_best
 
     best = find_best(run_dir)
     best_path = best[1].resolve() if best is not None else None
     times = timings(rows)
-    out: list[Row] = []
-    for check in checks:
-        step = check.step if check.step is not None else 0
-        loss, loss_step = train.at_or_before(step)
-        vloss, vloss_step = val.at_or_before(step)
-        out.append(
-            Row(
-                step=step,
-                path=check.path,
-                written=_written(check),
-                size_bytes=check.size_bytes,
-                train_loss=loss,
-                train_loss_step=loss_step,
-                val_loss=vloss,
-                val_loss_step=vloss_step,
-                state=check.state,
-                checked="sha256" if check.hashed else "size",
-                resume=check is picked,
-                problems=list(check.problems),
-                best=best_path is not None and check.path.resolve() == best_path,
-                **times.get(check.path.name, {}),
-            )
+    return [
+        row_for(
+            check,
+            train,
+            val,
+            path=check.path,
+            written=_written(check),
+            checked="sha256" if check.hashed else "size",
+            resume=check is picked,
+            best=best_path is not None and check.path.resolve() == best_path,
+            **times.get(check.path.name, {}),
         )
-    return out
+        for check in checks
+    ]
+
+
+def loss_series(rows: list[dict]) -> tuple[Series, Series]:
+    """The training and validation losses recorded in metrics.jsonl rows, by step."""
+    train = Series([(r["step"], float(r["loss"])) for r in rows if isinstance(r.get("loss"), int | float)])
+    val = Series(
+        [(r["step"], float(r["val_loss"])) for r in rows if isinstance(r.get("val_loss"), int | float)]
+    )
+    return train, val
+
+
+def row_for(check: QuickCheck, train: Series, val: Series, **fields: Any) -> Row:
+    """The row of one checkpoint: its step, size, state, problems and the losses at or before its step, plus `fields`."""
+    step = check.step if check.step is not None else 0
+    loss, loss_step = train.at_or_before(step)
+    vloss, vloss_step = val.at_or_before(step)
+    return Row(
+        step=step,
+        size_bytes=check.size_bytes,
+        train_loss=loss,
+        train_loss_step=loss_step,
+        val_loss=vloss,
+        val_loss_step=vloss_step,
+        state=check.state,
+        problems=list(check.problems),
+        **fields,
+    )
 
 
 def _loss(value: float | None, at: int | None, step: int) -> str:

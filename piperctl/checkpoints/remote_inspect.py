@@ -12,7 +12,7 @@ import json
 
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import QuickCheck
-from piperctl.checkpoints.listing import Row, Series, timings
+from piperctl.checkpoints.listing import Row, loss_series, row_for, timings
 from piperctl.checkpoints.remote import Remote, byte_progress, open_remote, remote_error, split_checkpoint
 from piperctl.checkpoints.verify import Report, Target
 from piperctl.errors import PiperctlError
@@ -46,51 +46,27 @@ def _rows(remote: Remote) -> list[Row]:
         )
     checks = [remote.scan(n) for n in names]
     picked = next((c for c in reversed(checks) if c.ok), None)
-    metrics = _metrics(remote)
-    train = Series([(r["step"], float(r["loss"])) for r in metrics if isinstance(r.get("loss"), int | float)])
-    val = Series(
-        [(r["step"], float(r["val_loss"])) for r in metrics if isinstance(r.get("val_loss"), int | float)]
-    )
+    metrics = fmt.parse_metrics((remote.read_bytes(fmt.METRICS_FILE) or b"").decode("utf-8", "replace"))
+    train, val = loss_series(metrics)
     times = timings(metrics)
     best = _best_step(remote, picked)
     rows = []
     for check in checks:
-        step = check.step or 0
-        loss, loss_step = train.at_or_before(step)
-        vloss, vloss_step = val.at_or_before(step)
         created = (check.manifest or {}).get("created")
         name = check.path.as_posix()
         rows.append(
-            Row(
-                step=step,
+            row_for(
+                check,
+                train,
+                val,
                 path=remote.display(name),
                 written=created if isinstance(created, str) else None,
-                size_bytes=check.size_bytes,
-                train_loss=loss,
-                train_loss_step=loss_step,
-                val_loss=vloss,
-                val_loss_step=vloss_step,
-                state=check.state,
                 checked="size",
                 resume=check is picked,
-                problems=list(check.problems),
-                best=best == step,
+                best=best == (check.step or 0),
                 **times.get(name, {}),
-            )  # fmt: skip
+            )
         )
-    return rows
-
-
-def _metrics(remote: Remote) -> list[dict]:
-    raw = remote.read_bytes(fmt.METRICS_FILE) or b""
-    rows = []
-    for line in raw.decode("utf-8", "replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
     return rows
 
 
