@@ -147,6 +147,19 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in metric_rows(run)]
 
 
+def assert_same_optimizer_state(a: Path, b: Path) -> None:
+    """Two checkpoints hold bit-identical optimizer state (every tensor of every parameter's state)."""
+    import torch
+
+    from piperctl.checkpoints.format import OPTIMIZER_STATE
+
+    sa = torch.load(a / OPTIMIZER_STATE, weights_only=True)
+    sb = torch.load(b / OPTIMIZER_STATE, weights_only=True)
+    for k, v in sa["state"].items():
+        for name, t in v.items():
+            assert torch.equal(t, sb["state"][k][name]), (k, name)
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     """Two folders (checkpoints, or runs: their final models) hold bit-identical policy weights."""
     import torch

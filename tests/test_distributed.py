@@ -13,7 +13,15 @@ import torch
 from safetensors.torch import load_file
 
 from piperctl import checkpoints as ckpt
-from tests.conftest import TINY_ACT, assert_same_weights, losses, metric_rows, python_exe, run_cli
+from tests.conftest import (
+    TINY_ACT,
+    assert_same_optimizer_state,
+    assert_same_weights,
+    losses,
+    metric_rows,
+    python_exe,
+    run_cli,
+)
 
 BATCH = 4
 # Four steps of two processes, a checkpoint every second step, all of them kept.
@@ -165,11 +173,7 @@ def test_main_process_killed_while_saving_then_resumed_matches_uninterrupted_run
     assert losses(run) == losses(ref2), res.stderr[-3000:]
     assert_same_weights(run, ref2)
     assert_same_weights(run / "checkpoint-4", ref2 / "checkpoint-4")
-    opt_a = torch.load(run / "checkpoint-4" / ckpt.OPTIMIZER_STATE, weights_only=True)
-    opt_b = torch.load(ref2 / "checkpoint-4" / ckpt.OPTIMIZER_STATE, weights_only=True)
-    for k, v in opt_a["state"].items():
-        for name, t in v.items():
-            assert torch.equal(t, opt_b["state"][k][name]), (k, name)
+    assert_same_optimizer_state(run / "checkpoint-4", ref2 / "checkpoint-4")
 
 
 @pytest.mark.train

@@ -14,6 +14,7 @@ from piperctl import checkpoints as ckpt
 from piperctl.checkpoints import format as fmt
 from piperctl.checkpoints.integrity import sha256_file
 from tests.conftest import (
+    assert_same_optimizer_state,
     assert_same_weights,
     losses,
     one_error_line,
@@ -91,11 +92,7 @@ def test_a_killed_lora_run_resumes_bit_exactly(
     a = load_file(str(run / ckpt.PRETRAINED_DIR / fmt.ADAPTER_WEIGHTS))
     b = load_file(str(lora_run / ckpt.PRETRAINED_DIR / fmt.ADAPTER_WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    opt_a = torch.load(run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
-    opt_b = torch.load(lora_run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
-    for k, v in opt_a["state"].items():
-        for name, t in v.items():
-            assert torch.equal(t, opt_b["state"][k][name]), (k, name)
+    assert_same_optimizer_state(run / "checkpoint-8", lora_run / "checkpoint-8")
 
 
 @pytest.mark.train

@@ -18,6 +18,7 @@ from piperctl import checkpoints as ckpt
 from piperctl.errors import PiperctlError
 from tests.conftest import (
     TINY_ACT,
+    assert_same_optimizer_state,
     assert_same_weights,
     losses,
     metric_rows,
@@ -93,11 +94,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(
     assert losses(run) == losses(reference_run)
     assert_same_weights(run, reference_run)
     assert_same_weights(run / "checkpoint-8", reference_run / "checkpoint-8")
-    opt_a = torch.load(run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
-    opt_b = torch.load(reference_run / "checkpoint-8" / ckpt.OPTIMIZER_STATE, weights_only=True)
-    for k, v in opt_a["state"].items():
-        for name, t in v.items():
-            assert torch.equal(t, opt_b["state"][k][name]), (k, name)
+    assert_same_optimizer_state(run / "checkpoint-8", reference_run / "checkpoint-8")
 
 
 def test_clean_stop_on_sigterm_saves_and_resumes_exactly(

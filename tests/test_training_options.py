@@ -12,6 +12,7 @@ import torch
 
 from piperctl import checkpoints as ckpt
 from tests.conftest import (
+    assert_same_optimizer_state,
     assert_same_weights,
     losses,
     one_error_line,
@@ -24,14 +25,6 @@ from tests.conftest import (
 
 def _state(folder: Path) -> dict:
     return json.loads((folder / ckpt.TRAINING_STATE).read_text())
-
-
-def _same_optimizer_state(a: Path, b: Path) -> None:
-    sa = torch.load(a / ckpt.OPTIMIZER_STATE, weights_only=True)
-    sb = torch.load(b / ckpt.OPTIMIZER_STATE, weights_only=True)
-    for k, v in sa["state"].items():
-        for name, t in v.items():
-            assert torch.equal(t, sb["state"][k][name]), (k, name)
 
 
 @pytest.mark.parametrize(
@@ -66,7 +59,7 @@ def test_resume_is_exact_with(
     assert code == 0, err
     assert losses(run) == losses(ref)
     assert_same_weights(run, ref)
-    _same_optimizer_state(run / "checkpoint-8", ref / "checkpoint-8")
+    assert_same_optimizer_state(run / "checkpoint-8", ref / "checkpoint-8")
     state = _state(run / "checkpoint-8")
     # The option really changed training: not the fp32 / batch-4 / plain reference (the camera run has
     # 4 of its 8 steps, with the same data order: its losses are a plain run's first 4).
@@ -182,7 +175,7 @@ def test_background_and_synchronous_saves_write_the_same_checkpoints(
     assert losses(run) == losses(reference_run)
     for name in ("checkpoint-6", "checkpoint-8"):
         assert_same_weights(run / name, reference_run / name)
-        _same_optimizer_state(run / name, reference_run / name)
+        assert_same_optimizer_state(run / name, reference_run / name)
         assert _state(run / name)["samples_seen"] == _state(reference_run / name)["samples_seen"]
 
 
