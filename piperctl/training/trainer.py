@@ -240,9 +240,10 @@ class Trainer:
         """Mean loss over the held-out episodes, overall and per dataset; seeded so it neither varies nor disturbs training RNG."""
         sums: list[float] = []  # frames' loss total, frame count: per dataset
         with torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
-            torch.manual_seed(self.cfg.seed)
             # Training mode without gradients: ACT only computes its full loss in training mode.
             for _, loader in self.feed.val_loaders:
+                # Seeded per dataset: a dataset's loss does not depend on which datasets come before it.
+                torch.manual_seed(self.cfg.seed)
                 sums += [0.0, 0]
                 for batch in loader:
                     with self.precision.autocast():
