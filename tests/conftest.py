@@ -214,13 +214,25 @@ def cam_run(tmp_path_factory: pytest.TempPathFactory, tiny_cam_ds: Path) -> Path
     return run
 
 
-def piperctl_cli(args: list, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the installed `piperctl` console script in a new process."""
-    exe = Path(python_exe()).with_name("piperctl")
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
+def piperctl_cli(
+    args: list, env: dict | None = None, timeout: int = 300, *, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run `piperctl ARGS` in a new process: forked from a preloaded server (tests/forked_cli.py), or with
+    `fresh` (or PIPERCTL_TEST_FRESH=1) the installed console script in a new interpreter."""
+    if fresh or os.environ.get("PIPERCTL_TEST_FRESH") == "1":
+        exe = Path(python_exe()).with_name("piperctl")
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [exe, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
+        )
+    return piperctl_start(args, env).wait(timeout)
+
+
+def piperctl_start(args: list, env: dict | None = None):
+    """Start `piperctl ARGS` in a process forked from the preloaded server; `.wait(timeout)` ends it."""
+    from tests import forked_cli
+
+    return forked_cli.ForkedRun([str(a) for a in args], {k: str(v) for k, v in (env or {}).items()})
 
 
 def train_args(run: Path, ds: Path, **overrides: Any) -> list[str]:

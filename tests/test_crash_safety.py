@@ -22,6 +22,7 @@ from tests.conftest import (
     metric_rows,
     one_error_line,
     piperctl_cli,
+    piperctl_start,
     python_exe,
     run_cli,
     train_args,
@@ -153,11 +154,8 @@ def test_two_trains_into_one_folder_one_wins(
     tmp_path: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    exe = Path(python_exe()).with_name("piperctl")
-    procs = [
-        subprocess.Popen([exe, *_ref_args(run, tiny_ds)], stderr=subprocess.PIPE, text=True) for _ in range(2)
-    ]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    procs = [piperctl_start(_ref_args(run, tiny_ds)) for _ in range(2)]
+    results = [(res.returncode, res.stderr) for res in (p.wait(timeout=300) for p in procs)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(err for code, err in results if code == 2)
@@ -186,7 +184,9 @@ def test_paths_with_brackets_are_printed_as_they_are(
 @pytest.mark.train
 def test_a_killed_rank_is_reported_in_one_line(tmp_path: Path, tiny_ds: Path) -> None:
     run = tmp_path / "run"
-    res = piperctl_cli([*_ref_args(run, tiny_ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "kill:3@1"})
+    res = piperctl_cli(
+        [*_ref_args(run, tiny_ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "kill:3@1"}, fresh=True
+    )
     assert res.returncode == 128 + signal.SIGKILL, res.stderr
     assert "process 1 of 2 was killed by SIGKILL" in res.stderr
     assert "Traceback" not in res.stderr and "MarkupError" not in res.stderr, res.stderr

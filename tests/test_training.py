@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tests.conftest import (
     metric_rows,
     one_error_line,
     piperctl_cli,
-    python_exe,
+    piperctl_start,
     run_cli,
     train_args,
     train_tiny,
@@ -118,20 +117,15 @@ def test_clean_stop_on_sigterm_saves_and_resumes_exactly(
 @pytest.mark.train
 def test_external_sigterm_checkpoints_and_exits_nonzero(tmp_path: Path, tiny_ds: Path) -> None:
     run = tmp_path / "run"
-    exe = Path(python_exe()).with_name("piperctl")
-    proc = subprocess.Popen(
-        [exe, *train_args(run, tiny_ds, steps=100000, save_every=100000)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = piperctl_start(train_args(run, tiny_ds, steps=100000, save_every=100000))
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    res = proc.wait(timeout=120)
+    err = res.stderr
+    assert res.returncode == 128 + signal.SIGTERM, err
     (saved,) = ckpt.list_checkpoints(run)
     assert ckpt.check_checkpoint(saved).ok
     last = [line for line in err.strip().splitlines() if line.strip()][-1]

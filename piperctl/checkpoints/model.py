@@ -7,6 +7,8 @@ every folder piperctl writes is read back by one piece of code. lerobot is impor
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,33 @@ def load_policy_config(folder: Path, device: str | None = None):
             f"{path} is missing", hint="the checkpoint is incomplete; run 'piperctl checkpoints verify'"
         )
     try:
-        cfg = PreTrainedConfig.from_pretrained(folder)
+        cfg = _parse_policy_config(PreTrainedConfig, path)
     except Exception as e:  # noqa: BLE001 - draccus raises many types for a bad config
         raise PiperctlError(f"{path} is not a valid lerobot policy config ({e})") from e
     if device is not None:
         cfg.device = device
     return cfg
+
+
+def _parse_policy_config(base_cls, path: Path):
+    """Parse config.json the way lerobot 0.6.1's `PreTrainedConfig.from_pretrained` does."""
+    import draccus
+
+    # lerobot's own loader leaves its re-serialized copy in /tmp on every call
+    # (lerobot/configs/policies.py: NamedTemporaryFile(delete=False)); same steps, cleaned up.
+    config = json.loads(path.read_text())
+    policy_type = config.pop("type", None)
+    if policy_type is None:
+        raise ValueError("missing 'type' field")
+    try:
+        config_cls = base_cls.get_choice_class(policy_type)
+    except KeyError:
+        raise ValueError(f"policy type {policy_type!r} is not one lerobot knows") from None
+    with tempfile.TemporaryDirectory(prefix="piperctl-config-") as tmp:
+        stripped = Path(tmp) / "config.json"
+        stripped.write_text(json.dumps(config))
+        with draccus.config_type("json"):
+            return draccus.parse(config_cls, str(stripped), args=[])
 
 
 def policy_from_config(cfg):
