@@ -76,6 +76,18 @@ def _codes(report: dict) -> set[tuple[str, str | None]]:
 # a good run
 
 
+def test_verify_leaves_no_temp_files(
+    good_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lerobot's PreTrainedConfig.from_pretrained leaves a tmp*.json behind per call; reading ours must not."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code, _ = _verify([good_run], capsys)
+    assert code == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_good_run_verifies(good_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, doc = _verify([good_run], capsys)
     assert code == 0 and doc["ok"] is True and doc["mode"] == "full"
