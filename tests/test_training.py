@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -378,3 +379,34 @@ def test_validation_episodes_stay_out_of_sampler_and_stats(reference_run: Path, 
         state["observation.state.mean"].numpy(), states[eps < 4].mean(0), rtol=1e-4, atol=1e-5
     )
     assert not np.allclose(state["observation.state.mean"].numpy(), states.mean(0), rtol=1e-6, atol=1e-7)
+
+
+def test_dataloader_workers_ignore_ctrl_c_die_on_sigterm_and_stop_with_the_run(tiny_ds: Path) -> None:
+    """Ctrl-C reaches the workers too (one process group): the run must still get its batches and save.
+    A worker alive at exit is stopped by multiprocessing's SIGTERM: it must not inherit the trainer's
+    "save and stop" handler (a finished run hung at exit joining it), and the trainer stops its workers."""
+    import re
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from piperctl.training import data
+    from piperctl.training.signals import StopFlag
+
+    meta = LeRobotDatasetMetadata("local/tiny", root=tiny_ds)
+    sampler = data.EpochSampler(data.make_sampler(meta, [0, 1], shuffle=False, seed=5), 2, 0, 1)
+    frames = [{"index": torch.tensor(i), "x": torch.zeros(1)} for i in range(meta.total_frames)]
+    loader = data.make_loader(frames, sampler, batch_size=2, num_workers=1, pin_memory=False)
+    with StopFlag():  # the trainer starts its workers with its own handlers installed
+        batches = iter(loader)
+        assert next(batches)["index"].tolist() == [0, 1]
+        (worker,) = batches._workers
+        status = Path(f"/proc/{worker.pid}/status").read_text()
+        ignored, caught = (
+            int(re.search(rf"{k}:\s*([0-9a-f]+)", status)[1], 16) for k in ("SigIgn", "SigCgt")
+        )
+        assert ignored >> (signal.SIGINT - 1) & 1
+        assert not (ignored | caught) >> (signal.SIGTERM - 1) & 1  # the default: SIGTERM ends it
+        os.kill(worker.pid, signal.SIGINT)
+        assert next(batches)["index"].tolist() == [2, 3]
+    data.stop_workers(loader)
+    assert not worker.is_alive()

@@ -67,6 +67,14 @@ class Feed:
     val_loaders: list[tuple[str, DataLoader]]  # per dataset with held-out episodes: (name, loader)
     epoch_len: int
 
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the loaders' worker processes now, not whenever garbage collection gets to them."""
+        for loader in [self.loader, *(vl for _, vl in self.val_loaders)]:
+            data.stop_workers(loader)
+
 
 def use_determinism(deterministic: bool) -> None:
     """--deterministic: torch's deterministic algorithms (and a fixed cuBLAS workspace), or not."""

@@ -9,6 +9,7 @@ import itertools
 import json
 import random
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -479,7 +480,28 @@ def make_loader(
         # Without its own generator every iter(loader) draws a worker seed from the global torch RNG,
         # which would shift the training RNG stream on resume (SeededDataset makes that seed unused).
         generator=torch.Generator().manual_seed(sampler.inner.seed),
+        worker_init_fn=_leave_signals_to_the_trainer if num_workers > 0 else None,
     )
+
+
+def stop_workers(loader) -> None:
+    """Shut down a DataLoader's persistent worker processes (a no-op without workers)."""
+    # torch stops them only when its iterator is garbage collected; one still alive at interpreter
+    # exit is terminated by multiprocessing's atexit hook, and torch reports that as a crash.
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker ignores Ctrl-C and dies on SIGTERM, whatever handlers it was forked with."""
+    # Workers fork while the trainer's StopFlag handlers are installed. Inherited, a worker logged
+    # "received SIGTERM: saving a checkpoint" and lived on when multiprocessing's exit cleanup
+    # terminated it, and the process hung at exit joining it. Ctrl-C reaches the whole process
+    # group: the trainer decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def batches(loader, sampler: EpochSampler, position: DataOrder) -> Iterator[dict]:

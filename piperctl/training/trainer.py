@@ -282,7 +282,7 @@ class Trainer:
         self.policy.train()
         stream = data.batches(self.feed.loader, self.feed.sampler, self.progress.data)
         rate, t_last, steps_since = Rate(), time.perf_counter(), 0
-        with StopFlag() as stop, progress_bar("training", cfg.steps, start=self.step) as bar:
+        with self.feed, StopFlag() as stop, progress_bar("training", cfg.steps, start=self.step) as bar:
             while True:
                 # All ranks stop at the same step: a signal on any one of them stops every one.
                 stop_signal = dist.agree_on_signal(stop.signum)
