@@ -99,12 +99,14 @@ def ref2(tmp_path_factory: pytest.TempPathFactory, ds: Path) -> Path:
 def test_ranks_take_disjoint_shards_of_the_same_global_order(ds: Path) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    from piperctl.training import data
+    from piperctl.training import loading
 
     meta = LeRobotDatasetMetadata("local/tiny", root=ds)
 
-    def sampler(rank: int, world: int, start: int = 0) -> data.EpochSampler:
-        s = data.EpochSampler(data.make_sampler(meta, [0, 1, 2, 3], shuffle=True, seed=5), BATCH, rank, world)
+    def sampler(rank: int, world: int, start: int = 0) -> loading.EpochSampler:
+        s = loading.EpochSampler(
+            loading.make_sampler(meta, [0, 1, 2, 3], shuffle=True, seed=5), BATCH, rank, world
+        )
         s.epoch, s.start = 3, start
         return s
 

@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from piperctl.errors import PiperctlError
-from piperctl.training.data import isolated_rng, open_dataset
+from piperctl.training.data import open_dataset
 from piperctl.training.frame_cache import FrameCache, cache_size_bytes, collate, pick_frames, store
+from piperctl.training.loading import isolated_rng
 
 FPS = 30
 FRONT, WRIST = "observation.images.front", "observation.images.wrist"

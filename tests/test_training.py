@@ -357,11 +357,11 @@ def test_init_from_starts_fresh_from_weights(tmp_path: Path, tiny_ds: Path, refe
 def test_validation_episodes_stay_out_of_sampler_and_stats(reference_run: Path, tiny_ds: Path) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    from piperctl.training import data
+    from piperctl.training import loading
 
     meta = LeRobotDatasetMetadata("local/tiny", root=tiny_ds)
     train_eps = [0, 1, 2, 3]
-    sampler = data.EpochSampler(data.make_sampler(meta, train_eps, shuffle=True, seed=5))
+    sampler = loading.EpochSampler(loading.make_sampler(meta, train_eps, shuffle=True, seed=5))
     val_from, val_to = int(meta.episodes["dataset_from_index"][4]), int(meta.episodes["dataset_to_index"][4])
     seen = [i for _, i in sampler]
     assert len(seen) == val_from and not any(val_from <= i < val_to for i in seen)
@@ -389,13 +389,13 @@ def test_dataloader_workers_ignore_ctrl_c_die_on_sigterm_and_stop_with_the_run(t
 
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    from piperctl.training import data
+    from piperctl.training import loading
     from piperctl.training.signals import StopFlag
 
     meta = LeRobotDatasetMetadata("local/tiny", root=tiny_ds)
-    sampler = data.EpochSampler(data.make_sampler(meta, [0, 1], shuffle=False, seed=5), 2, 0, 1)
+    sampler = loading.EpochSampler(loading.make_sampler(meta, [0, 1], shuffle=False, seed=5), 2, 0, 1)
     frames = [{"index": torch.tensor(i), "x": torch.zeros(1)} for i in range(meta.total_frames)]
-    loader = data.make_loader(frames, sampler, batch_size=2, num_workers=1, pin_memory=False)
+    loader = loading.make_loader(frames, sampler, batch_size=2, num_workers=1, pin_memory=False)
     with StopFlag():  # the trainer starts its workers with its own handlers installed
         batches = iter(loader)
         assert next(batches)["index"].tolist() == [0, 1]
@@ -408,5 +408,5 @@ def test_dataloader_workers_ignore_ctrl_c_die_on_sigterm_and_stop_with_the_run(t
         assert not (ignored | caught) >> (signal.SIGTERM - 1) & 1  # the default: SIGTERM ends it
         os.kill(worker.pid, signal.SIGINT)
         assert next(batches)["index"].tolist() == [2, 3]
-    data.stop_workers(loader)
+    loading.stop_workers(loader)
     assert not worker.is_alive()

@@ -18,7 +18,7 @@ from piperctl.checkpoints.format import DataOrder, LrSchedule, Topology, Trainin
 from piperctl.checkpoints.model import dataset_feature_shapes, feature_shapes, load_policy_config
 from piperctl.console import log
 from piperctl.errors import PiperctlError
-from piperctl.training import data, mixed_data, multi_dataset, rng
+from piperctl.training import data, loading, mixed_data, multi_dataset, rng
 from piperctl.training.config import TrainConfig
 from piperctl.training.distributed import Dist
 
@@ -62,7 +62,7 @@ class Feed:
     """The training dataset, its resumable sampler and loader, and the validation loader (if any)."""
 
     dataset: LeRobotDataset | Dataset  # a frame-cached dataset with --frame-cache
-    sampler: data.EpochSampler
+    sampler: loading.EpochSampler
     loader: DataLoader
     val_loaders: list[tuple[str, DataLoader]]  # per dataset with held-out episodes: (name, loader)
     epoch_len: int
@@ -73,7 +73,7 @@ class Feed:
     def __exit__(self, *exc: object) -> None:
         """Stop the loaders' worker processes now, not whenever garbage collection gets to them."""
         for loader in [self.loader, *(vl for _, vl in self.val_loaders)]:
-            data.stop_workers(loader)
+            loading.stop_workers(loader)
 
 
 def use_determinism(deterministic: bool) -> None:
@@ -247,7 +247,7 @@ def open_feed(
     dataset = mixed_data.mix(parts, split.sources)
     drop_last_frames = int(getattr(policy_cfg, "drop_n_last_frames", 0) or 0)
     inner = mixed_data.train_sampler(split.sources, seed=cfg.seed, drop_n_last_frames=drop_last_frames)
-    sampler = data.EpochSampler(inner, cfg.batch_size, dist.rank, dist.world_size)
+    sampler = loading.EpochSampler(inner, cfg.batch_size, dist.rank, dist.world_size)
     if dist.world_size > 1 and len(inner) < sampler.global_batch:
         raise PiperctlError(
             f"the training episodes hold {len(inner)} frames, fewer than one global batch "
@@ -256,8 +256,8 @@ def open_feed(
         )
     pin = device.startswith("cuda")
     # Augmentation touches training batches only, never validation.
-    transform = data.image_transforms(cfg.augment, cfg.augment_config)
-    loader = data.make_loader(
+    transform = loading.image_transforms(cfg.augment, cfg.augment_config)
+    loader = loading.make_loader(
         dataset,
         sampler,
         cfg.batch_size,
@@ -271,7 +271,7 @@ def open_feed(
         if not source.val_episodes:
             continue
         only = [source.val_episodes if i == d else [] for i in range(len(split.sources))]
-        vs = data.EpochSampler(
+        vs = loading.EpochSampler(
             mixed_data.episode_sampler(split.sources, only, shuffle=False, seed=cfg.seed),
             cfg.batch_size,
             dist.rank,
@@ -279,7 +279,7 @@ def open_feed(
             drop_incomplete=False,
         )
         vs.epoch = -1
-        val_loaders.append((source.spec.name, data.make_loader(dataset, vs, cfg.batch_size, 0, pin)))
+        val_loaders.append((source.spec.name, loading.make_loader(dataset, vs, cfg.batch_size, 0, pin)))
     return Feed(dataset, sampler, loader, val_loaders, len(inner))
 
 

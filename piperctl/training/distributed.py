@@ -1,7 +1,7 @@
 """Data-parallel plumbing: process group and DDP through accelerate, a few collectives, a local launcher.
 
 A run of N processes is N copies of the single-process loop. Each rank reads its own shard of every
-global batch (see `piperctl.training.data.EpochSampler`), DDP averages the gradients, and rank 0 alone writes
+global batch (see `piperctl.training.loading.EpochSampler`), DDP averages the gradients, and rank 0 alone writes
 files. `Dist` is what the loop needs from that world: who am I, wrap the model, agree with the others.
 With one process every method is the identity, so a single-process run is the plain loop it always was.
 """

@@ -41,8 +41,8 @@ from piperctl.errors import PiperctlError
 from piperctl.faults import maybe_crash
 from piperctl.fs import first_line
 from piperctl.training import rng
-from piperctl.training.data import isolated_rng
 from piperctl.training.distributed import Dist
+from piperctl.training.loading import isolated_rng
 from piperctl.training.precision import Precision
 
 if TYPE_CHECKING:

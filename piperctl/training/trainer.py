@@ -30,7 +30,7 @@ from piperctl.checkpoints.manager import CheckpointManager
 from piperctl.console import log, progress_bar
 from piperctl.errors import PiperctlError
 from piperctl.faults import maybe_crash
-from piperctl.training import build, data, rng, run_log
+from piperctl.training import build, loading, rng, run_log
 from piperctl.training.config import TrainConfig, resolve_device
 from piperctl.training.distributed import Dist
 from piperctl.training.metrics import MetricsLog, NoMetrics, Rate, plot_loss_curve
@@ -280,7 +280,7 @@ class Trainer:
         eval_every = cfg.eval_every or cfg.save_every
         losses: list[float] = []
         self.policy.train()
-        stream = data.batches(self.feed.loader, self.feed.sampler, self.progress.data)
+        stream = loading.batches(self.feed.loader, self.feed.sampler, self.progress.data)
         rate, t_last, steps_since = Rate(), time.perf_counter(), 0
         with self.feed, StopFlag() as stop, progress_bar("training", cfg.steps, start=self.step) as bar:
             while True:
