@@ -156,6 +156,17 @@ def resumed_model(
         raise PiperctlError(
             f"{folder}/config.json holds a {policy_cfg.type!r} policy but the run trains {cfg.policy!r}"
         )
+    # Checked against the saved config before building: the policy built for this dataset would
+    # take the dataset's shapes, and the weights would then fail to load with torch's message.
+    shapes = feature_shapes(policy_cfg)
+    dataset_shapes = dataset_feature_shapes(split.meta)
+    mismatched = {k: (v, dataset_shapes.get(k)) for k, v in shapes.items() if dataset_shapes.get(k) != v}
+    if mismatched:
+        key, (want, got) = next(iter(mismatched.items()))
+        raise PiperctlError(
+            f"the dataset's features do not match the checkpoint's: {key} has shape {got}, the policy expects {want}",
+            hint="resume on a dataset with the same cameras, state and action shapes",
+        )
     base = read_base_ref(folder)
     if base is None:
         policy = build_policy(policy_cfg, split.meta)
@@ -166,15 +177,6 @@ def resumed_model(
         # decide what the optimizer holds).
         policy = rebuild(policy_cfg, base, device)
         load_trainable(policy, folder / POLICY_WEIGHTS)
-    shapes = feature_shapes(policy.config)
-    dataset_shapes = dataset_feature_shapes(split.meta)
-    mismatched = {k: (v, dataset_shapes.get(k)) for k, v in shapes.items() if dataset_shapes.get(k) != v}
-    if mismatched:
-        key, (want, got) = next(iter(mismatched.items()))
-        raise PiperctlError(
-            f"the dataset's features do not match the checkpoint's: {key} has shape {got}, the policy expects {want}",
-            hint="resume on a dataset with the same cameras, state and action shapes",
-        )
     policy.to(device)
     preprocessor, postprocessor = load_processors(policy_cfg, folder, device)
     return _with_optimizer(cfg, policy_cfg, policy, shapes, preprocessor, postprocessor, base)
