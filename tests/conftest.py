@@ -228,11 +228,19 @@ def piperctl_cli(
     return piperctl_start(args, env).wait(timeout)
 
 
-def piperctl_start(args: list, env: dict | None = None):
-    """Start `piperctl ARGS` in a process forked from the preloaded server; `.wait(timeout)` ends it."""
+def piperctl_start(
+    args: list, env: dict | None = None, *, without_dac: bool = False, new_process_group: bool = False
+):
+    """Start `piperctl ARGS` in a process forked from the preloaded server; `.wait(timeout)` ends it.
+
+    `without_dac`: as root, but without the capabilities that let root ignore file permissions.
+    `new_process_group`: in a process group of its own (its pid), as a shell starts a job."""
     from tests import forked_cli
 
-    return forked_cli.ForkedRun([str(a) for a in args], {k: str(v) for k, v in (env or {}).items()})
+    env_ = {k: str(v) for k, v in (env or {}).items()}
+    return forked_cli.ForkedRun(
+        [str(a) for a in args], env_, without_dac=without_dac, new_process_group=new_process_group
+    )
 
 
 def train_args(run: Path, ds: Path, **overrides: Any) -> list[str]:

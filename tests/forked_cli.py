@@ -46,11 +46,26 @@ def _server() -> multiprocessing.context.ForkServerContext:
 class ForkedRun:
     """A `piperctl ARGS` process forked from the server, started and not yet waited for."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        without_dac: bool = False,
+        new_process_group: bool = False,
+    ) -> None:
         self.args = args
         self._tmp = tempfile.TemporaryDirectory(prefix="piperctl-cli-")
         self._out, self._err = os.path.join(self._tmp.name, "out"), os.path.join(self._tmp.name, "err")
-        child_args = (args, {**os.environ, **env}, os.getcwd(), self._out, self._err)
+        child_args = (
+            args,
+            {**os.environ, **env},
+            os.getcwd(),
+            self._out,
+            self._err,
+            without_dac,
+            new_process_group,
+        )
         self._proc = _server().Process(target=_child, args=child_args)
         self._proc.start()
 
@@ -87,7 +102,27 @@ def run(args: list[str], env: dict[str, str], timeout: float) -> subprocess.Comp
     return ForkedRun(args, env).wait(timeout)
 
 
-def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+def _drop_dac_capabilities() -> None:
+    """Keep root, lose what lets root ignore file permissions: `setpriv --bounding-set -dac_override,...`."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # {effective, permitted, inheritable} for capabilities 0-31, 32-63
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP failed")
+        for i in range(3):
+            data[i] &= ~(1 << cap)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def _child(
+    args: list[str], env: dict[str, str], cwd: str, out: str, err: str, without_dac: bool, new_group: bool
+) -> None:
     """The forked process: look like a fresh `piperctl ARGS`, run it, exit with its code."""
     import atexit
     import signal
@@ -110,6 +145,10 @@ def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
         os.environ.clear()
         os.environ.update(env)
         os.chdir(cwd)
+        if without_dac:
+            _drop_dac_capabilities()
+        if new_group:  # like a shell job: a signal to the group reaches this run and its children only
+            os.setpgrp()
         sys.argv = ["piperctl", *args]
         from piperctl.cli import main
 

@@ -181,18 +181,6 @@ def test_paths_with_brackets_are_printed_as_they_are(
     assert code == 2 and str(missing) in one_error_line(err, after_logs=True)
 
 
-@pytest.mark.train
-def test_a_killed_rank_is_reported_in_one_line(tmp_path: Path, tiny_ds: Path) -> None:
-    run = tmp_path / "run"
-    res = piperctl_cli(
-        [*_ref_args(run, tiny_ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "kill:3@1"}, fresh=True
-    )
-    assert res.returncode == 128 + signal.SIGKILL, res.stderr
-    assert "process 1 of 2 was killed by SIGKILL" in res.stderr
-    assert "Traceback" not in res.stderr and "MarkupError" not in res.stderr, res.stderr
-    assert f"piperctl resume {run}" in res.stderr
-
-
 # ---------------------------------------------------------------------------------------------
 # 5. disk full
 
@@ -275,13 +263,10 @@ def test_symlink_loop_is_a_damaged_checkpoint_not_a_crash(
 
 def _unprivileged(args: list) -> subprocess.CompletedProcess:
     """Run piperctl as root without the capabilities that let root ignore file permissions."""
-    caps = "-dac_override,-dac_read_search"
-    exe = Path(python_exe()).with_name("piperctl")
-    cmd = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, str(exe), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return piperctl_start(args, without_dac=True).wait(timeout=300)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to drop its file-permission capabilities)")
 def test_read_only_output_folder_is_one_line(tmp_path: Path, tiny_ds: Path, reference_run: Path) -> None:
     parent = tmp_path / "ro"
     parent.mkdir()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import multiprocessing.util  # noqa: F401  (its exit hook first: ours, registered later, runs before it)
 import random
 import signal
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -176,7 +179,7 @@ def make_loader(
     camera_keys: list[str] | tuple[str, ...] = (),
 ):
     """A DataLoader over `(epoch, index)` keys; workers persist across epochs; `transform` augments cameras."""
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         SeededDataset(dataset, sampler.inner.seed, transform, camera_keys),
         collate_fn=frame_cache.collate,
         sampler=sampler,
@@ -191,26 +194,42 @@ def make_loader(
         generator=torch.Generator().manual_seed(sampler.inner.seed),
         worker_init_fn=_leave_signals_to_the_trainer if num_workers > 0 else None,
     )
+    if num_workers > 0:
+        _LOADERS_WITH_WORKERS.add(loader)
+    return loader
 
 
 def stop_workers(loader) -> None:
-    """Shut down a DataLoader's persistent worker processes (a no-op without workers)."""
-    # torch stops them only when its iterator is garbage collected; one still alive at interpreter
-    # exit is terminated by multiprocessing's atexit hook, and torch reports that as a crash.
+    """Shut down a DataLoader's persistent worker processes now (a no-op without workers)."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
+        workers = list(getattr(iterator, "_workers", []))
+        iterator._shutdown_workers()  # asks each worker to finish, waits up to 5 s
+        for worker in workers:
+            if worker.is_alive():  # stuck: it ignores SIGTERM, so torch's terminate() did nothing
+                worker.kill()
+                worker.join()
     loader._iterator = None
 
 
+_LOADERS_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's exit hook, so it runs before it
+def _stop_all_workers() -> None:
+    # multiprocessing's hook would SIGTERM the workers still alive at exit and join them; they ignore
+    # SIGTERM, so a loader not closed on some path (an API user's, an early error) is stopped here.
+    for loader in list(_LOADERS_WITH_WORKERS):
+        stop_workers(loader)
+
+
 def _leave_signals_to_the_trainer(worker_id: int) -> None:
-    """A DataLoader worker ignores Ctrl-C and dies on SIGTERM, whatever handlers it was forked with."""
-    # Workers fork while the trainer's StopFlag handlers are installed. Inherited, a worker logged
-    # "received SIGTERM: saving a checkpoint" and lived on when multiprocessing's exit cleanup
-    # terminated it, and the process hung at exit joining it. Ctrl-C reaches the whole process
-    # group: the trainer decides when workers stop.
+    """A DataLoader worker ignores SIGINT and SIGTERM: the trainer decides when its workers stop."""
+    # Ctrl-C, `timeout`, SLURM and systemd signal the whole process group. A worker that died of it
+    # made the trainer's next batch fail ("DataLoader worker ... is killed by signal") before it
+    # could save; one that inherited the trainer's own handlers logged "saving a checkpoint".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def batches(loader, sampler: EpochSampler, position: DataOrder) -> Iterator[dict]:
