@@ -18,7 +18,8 @@ seed, batch size, workers, steps and learning rate. Then:
 The two tools draw the initial weights and the data order from their own RNG streams, so the same
 seed does not give the same per-step batches: curves agree in trend and level, not bit for bit.
 
-Phases (each under 3 minutes on 2 CPU cores with the defaults; results accumulate in
+Phases (training: 160 steps at about 1.1-1.4 steps/s per tool on 2 quiet CPU cores, i.e. 2-3 minutes
+each with start-up, longer on a shared machine; results accumulate in
 bench/_work/vs_lerobot_train/results.json, so a phase may run on its own):
 
     .venv/bin/python bench/vs_lerobot_train.py                   # all phases
