@@ -112,11 +112,6 @@ def open_sources(cfg: TrainConfig) -> list[Source]:
         s.weight = w
     require_compatible(sources, renames)
     set_units(sources, cfg.convert_units)
-    if len(sources) > 1 and cfg.val_episodes and cfg.resolved_best_metric() == "val_action_nmae":
-        raise PiperctlError(
-            "--best-metric val_action_nmae (--eval-every) scores one dataset, this run trains on several",
-            hint="use --best-metric val_loss (validation loss per dataset and overall)",
-        )
     return sources
 
 
@@ -339,7 +334,7 @@ def train_stats(sources: list[Source]) -> dict:
         stats = data.train_stats(s.meta, s.train_episodes)
         stats = {s.rename.get(k, k): v for k, v in stats.items()}
         for key, (scale, offset) in s.convert.items():
-            stats[key] = _converted(stats[key], np.asarray(scale), np.asarray(offset))
+            stats[key] = converted_stats(stats[key], np.asarray(scale), np.asarray(offset))
         per.append(stats)
     if len(per) == 1:
         return per[0]
@@ -347,7 +342,7 @@ def train_stats(sources: list[Source]) -> dict:
     return aggregate_stats([{k: v for k, v in st.items() if k in keep} for st in per])
 
 
-def _converted(stats: dict, scale: np.ndarray, offset: np.ndarray) -> dict:
+def converted_stats(stats: dict, scale: np.ndarray, offset: np.ndarray) -> dict:
     """A feature's stats in other units (value * scale + offset): std scales, counts stay, the rest maps."""
     out = {}
     for name, value in stats.items():
