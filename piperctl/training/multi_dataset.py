@@ -110,7 +110,7 @@ def open_sources(cfg: TrainConfig) -> list[Source]:
         s.val_episodes = held_out
         s.train_episodes = [e for e in range(s.meta.total_episodes) if e not in set(held_out)]
         s.weight = w
-    require_compatible(sources, renames)
+    require_compatible(sources, renames, cfg.mixed_fps)
     set_units(sources, cfg.convert_units)
     return sources
 
@@ -184,16 +184,17 @@ def _val_of(text: str, source: Source, many: bool) -> list[int]:
         raise PiperctlError(f"{e.message} (dataset {source.spec.name})", hint=e.hint) from e
 
 
-def require_compatible(sources: list[Source], renames: dict[str, str]) -> None:
-    """Refuse, in one line, datasets whose fps or features (after --rename-map) differ from the first's."""
+def require_compatible(sources: list[Source], renames: dict[str, str], mixed_fps: str = "refuse") -> None:
+    """Refuse, in one line, datasets whose features (after --rename-map), or fps unless `mixed_fps`, differ from the first's."""
     first = sources[0]
     want = first.policy_features
     for s in sources[1:]:
         who = f"dataset {s.spec.name}"
-        if s.meta.fps != first.meta.fps:
+        if s.meta.fps != first.meta.fps and mixed_fps == "refuse":
             raise PiperctlError(
                 f"{who} is recorded at {s.meta.fps} fps and dataset {first.spec.name} at {first.meta.fps} fps",
-                hint="train on datasets of one frame rate (piperctl does not resample)",
+                hint="pass --mixed-fps own-rate to sample each at its own rate (an action chunk then spans "
+                "another duration in each; piperctl does not resample), or train on datasets of one frame rate",
             )
         have = s.policy_features
         missing = [k for k in want if k not in have]
@@ -376,6 +377,7 @@ def records(sources: list[Source]) -> list[DatasetInfo]:
             weight=s.weight,
             rename_map=dict(s.rename),
             units={g: UNIT_TEXT[u] for g, u in s.units.items()},
+            fps=s.meta.fps,
             converted_to={
                 g: UNIT_TEXT[first.units[g]]
                 for g in s.units
@@ -426,6 +428,7 @@ def describe(sources: list[Source]) -> list[str]:
         lines.append(
             f"dataset {i + 1}/{len(sources)} {s.spec.name}: {s.meta.total_episodes} episodes "
             f"({len(s.train_episodes)} train / {len(s.val_episodes)} val), {s.meta.total_frames} frames, "
-            f"{s.meta.fps} fps, {units}{extra}"
+            f"{s.meta.fps} fps{' (its own rate: --mixed-fps own-rate)' if s.meta.fps != sources[0].meta.fps else ''}"
+            f", {units}{extra}"
         )
     return lines
