@@ -26,7 +26,7 @@ def train(
 ) -> TrainResult:
     """Train a LeRobot policy into `output_dir` (options: the fields of `TrainConfig`); see `training.api.train`."""
     # Imported here: `import piperctl` stays fast (no torch/lerobot) until training is actually used.
-    from piperctl.evaluation.openloop import score_during_training
+    from piperctl.evaluation.per_dataset import score_during_training
     from piperctl.training import api
 
     return api.train(output_dir, dataset_id, resume_from_checkpoint, scorer=score_during_training, **options)
@@ -36,7 +36,7 @@ def resume(
     path: str | Path, output_dir: str | Path | None = None, dataset_id: str | None = None, **changes: Any
 ) -> TrainResult:
     """Continue a run exactly where checkpoint `path` (or a run folder's newest intact one) left it."""
-    from piperctl.evaluation.openloop import score_during_training
+    from piperctl.evaluation.per_dataset import score_during_training
     from piperctl.training import api
 
     return api.resume(path, output_dir, dataset_id, scorer=score_during_training, **changes)

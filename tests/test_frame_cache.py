@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import shutil
@@ -235,3 +236,38 @@ def test_too_little_disk_space_is_one_clear_error(
         FrameCache.wrap(_open(video_ds), tmp_path / "cache", progress=False)
     assert str(tmp_path / "cache") in err.value.message and "--no-frame-cache" in (err.value.hint or "")
     assert not list((tmp_path / "cache").glob("*.frames"))
+
+
+def test_two_video_datasets_train_from_a_cache_each_on_the_same_batches(tmp_path: Path) -> None:
+    """`train --dataset A --dataset B` with the cache: one cache entry per dataset's video, the same samples."""
+    from piperctl.datasets.synth import SynthConfig, synthesize
+    from piperctl.training import build
+    from piperctl.training.config import TrainConfig
+    from piperctl.training.distributed import Dist
+    from piperctl.training.frame_cache.dataset import CachedVideoDataset
+    from piperctl.training.policy import make_policy_config
+    from tests.conftest import TINY_ACT
+
+    small = {"episodes": 2, "frames": (6, 8), "cameras": ["front"], "image_size": (24, 32)}
+    a = synthesize(tmp_path / "lab", SynthConfig(**small, seed=1))
+    b = synthesize(tmp_path / "home", SynthConfig(**small, seed=2, fps=15))  # another rate: its own frames
+    policy_cfg = make_policy_config("act", "cpu", dict(TINY_ACT))
+    options = {"dataset": [str(a), str(b)], "mixed_fps": "own-rate", "cache_dir": str(tmp_path / "cache")}
+    split = build.open_split(TrainConfig.from_options(tmp_path / "run", None, options))
+    cached, plain = (
+        build.open_feed(
+            TrainConfig.from_options(tmp_path / "run", None, {**options, "frame_cache": cache}),
+            Dist(),
+            "cpu",
+            split,
+            policy_cfg,
+        )
+        for cache in (True, False)
+    )
+    assert all(isinstance(p, CachedVideoDataset) for p in cached.dataset.parts)
+    assert len(list((tmp_path / "cache").glob("*.frames"))) == 2  # each dataset's one video file
+    # Every sample of both datasets is the same, so is every batch the loaders draw (hence every loss).
+    frames = [json.loads((d / "meta" / "info.json").read_text())["total_frames"] for d in (a, b)]
+    assert len(cached.dataset) == len(plain.dataset) == sum(frames)
+    for i in range(len(plain.dataset)):
+        assert_same(plain.dataset[i], cached.dataset[i])

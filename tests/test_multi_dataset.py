@@ -257,3 +257,126 @@ def test_weighted_order_draws_by_weight_and_resumes_from_any_position() -> None:
     again.load_state_dict({"epoch": 0, "start_index": 33})
     assert list(again) == epoch0[33:]
     assert list(again) != epoch0  # the next epoch is another order
+
+
+# ---------------------------------------------------------------------------------------------
+# Open-loop scoring per dataset, twin datasets, other frame rates
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory, pair: tuple[Path, Path]) -> tuple[Path, Path, Path]:
+    """day1, a byte-identical copy of it, and day1's recording at 15 fps."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("trio")
+    twin = Path(shutil.copytree(pair[0], base / "twin"))
+    common = ["--episodes", "3", "--frames", "20:26", "--cameras", "none", "--env-state"]
+    slow = synth(base / "slow", *common, "--units", "radians", "--seed", "3", "--fps", "15")
+    return pair[0], twin, slow
+
+
+@pytest.fixture(scope="module")
+def trio_run(tmp_path_factory: pytest.TempPathFactory, trio: tuple[Path, Path, Path]) -> tuple[Path, str]:
+    """2 steps over the three, open-loop scored at step 2 (--eval-every: best by val_action_nmae); its log."""
+    import contextlib
+    import io
+
+    from piperctl import train
+
+    run = tmp_path_factory.mktemp("trio") / "run"
+    with contextlib.redirect_stderr(io.StringIO()) as log:
+        train(
+            run,
+            dataset=[str(p) for p in trio],
+            mixed_fps="own-rate",
+            eval_every=2,
+            policy_options=dict(TINY_ACT),
+            **{**MIX, "steps": 2, "async_save": False},
+        )
+    return run, log.getvalue()
+
+
+@pytest.mark.train
+def test_open_loop_per_dataset_twins_score_alike_and_other_rates_train_when_asked(
+    trio_run: tuple[Path, str],
+    trio: tuple[Path, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run, log = trio_run
+    day1, twin, slow = trio
+    # Another frame rate is refused in one line unless the user says how to mix them ...
+    code, _, err = run_cli(["train", "-o", tmp_path / "r", "--dataset", day1, "--dataset", slow], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "dataset slow is recorded at 15 fps and dataset day1 at 30 fps" in line, line
+    assert "--mixed-fps own-rate" in line
+    # ... and with --mixed-fps own-rate it trains, recorded in the run and in every dataset's entry,
+    state = json.loads((run / "checkpoint-2" / ckpt.TRAINING_STATE).read_text())
+    assert state["config"]["mixed_fps"] == "own-rate"
+    assert json.loads((run / ckpt.RUN_FILE).read_text())["config"]["mixed_fps"] == "own-rate"
+    assert [(d["name"], d["fps"]) for d in state["datasets"]] == [("day1", 30), ("twin", 30), ("slow", 15)]
+    # ... and named in the run's first lines.
+    head = [ln for ln in log.splitlines() if ln.startswith("dataset ")]
+    assert head[0].startswith("dataset 1/3 day1:") and "30 fps, joints in radians" in head[0], head
+    assert (
+        head[2].startswith("dataset 3/3 slow:") and "15 fps (its own rate: --mixed-fps own-rate)" in head[2]
+    )
+
+    row = [r for r in metric_rows(run) if "val_loss" in r][-1]
+    assert row["step"] == 2
+    # Byte-identical datasets: the same held-out loss and open-loop error, whatever comes before them.
+    assert row["val_loss/day1"] == row["val_loss/twin"]
+    assert row["val_action_nmae/day1"] == row["val_action_nmae/twin"] > 0
+    # slow holds day1's frames at 15 fps: sampled at its own rate, its chunks are the same frames, so
+    # its losses are day1's too (chunks counted in seconds at 30 fps would be other frames, or refused).
+    assert row["val_loss/slow"] == row["val_loss/day1"]
+    assert row["val_action_nmae/slow"] == row["val_action_nmae/day1"]
+    assert row["val_action_nmae"] == pytest.approx(row["val_action_nmae/day1"], rel=1e-12)
+    assert state["best"] == {"step": 2, "metric": "val_action_nmae", "value": row["val_action_nmae"]}
+
+
+@pytest.mark.train
+def test_eval_reports_each_dataset_and_all_frames_pooled(
+    mixed_run: Path, pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    day1, day2 = pair
+    out = tmp_path / "eval.json"
+    args = ["eval", mixed_run, "--dataset", day1, "--dataset", day2, "--convert-units", "--report", out]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "overall" in stdout and "frame-weighted" in stdout and "day2" in stdout
+    report = json.loads(out.read_text())
+    assert report["weighting"] == "frames" and report["episodes"]["count"] == 2
+    a, b = report["datasets"]
+    assert (a["name"], b["name"]) == ("day1", "day2")
+    assert a["episodes"]["ids"] == b["episodes"]["ids"] == [2]  # each dataset's held-out episode, by default
+    n = [d["episodes"]["scored_frames"] for d in (a, b)]
+    assert report["episodes"]["scored_frames"] == sum(n)
+    for name in ("policy", "hold", "repeat"):
+        pooled = (n[0] * a["summary"][name] + n[1] * b["summary"][name]) / sum(n)
+        assert report["summary"][name] == pytest.approx(pooled, rel=1e-9), name
+    # day1 alone through the one-dataset path: the same errors in its units (the scale aside).
+    code, stdout, err = run_cli(
+        ["eval", mixed_run, "--dataset-root", day1, "--episodes", "2", "--json"], capsys
+    )
+    assert code == 0, err
+    alone = json.loads(stdout)["executed"]
+    for name in ("policy", "hold"):
+        np.testing.assert_allclose(
+            list(a["executed"][name]["mae"].values()), list(alone[name]["mae"].values()), rtol=1e-9
+        )
+    # day2 is in degrees and millimetres: its errors come in day1's radians and metres.
+    table = pq.read_table(next((day2 / "data").rglob("*.parquet"))).to_pandas()
+    part = table[table["episode_index"] == 2].sort_values("frame_index")
+    to_si = np.array([np.pi / 180] * 6 + [1e-3])
+    action, state = (
+        np.stack(part[c].to_numpy()).astype(np.float64) * to_si for c in ("action", "observation.state")
+    )
+    hold = np.abs(state[1:] - action[1:]).mean(0)
+    np.testing.assert_allclose(list(b["executed"]["hold"]["mae"].values()), hold, rtol=1e-6)
+    # Without the conversion the datasets do not mix: one line, as in train.
+    code, _, err = run_cli(args[:6], capsys)
+    assert code == 2 and "--convert-units" in one_error_line(err)

@@ -66,6 +66,7 @@ def model_info(
         "policy_type": state.policy_type,
         "feature_shapes": state.feature_shapes,
         "dataset": asdict(state.dataset) if state.dataset is not None else None,
+        "datasets": [asdict(d) for d in state.datasets],
         "train_loss": _loss_at(run_dir, state.step, "loss"),
         "val_loss": _loss_at(run_dir, state.step, "val_loss"),
         "best": asdict(best or state.best) if (best or state.best) is not None else None,

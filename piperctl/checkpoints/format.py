@@ -201,6 +201,7 @@ class DatasetInfo:
     rename_map: dict[str, str] = field(default_factory=dict)  # recorded name -> policy name
     units: dict[str, str] = field(default_factory=dict)  # joints/gripper -> unit as recorded
     converted_to: dict[str, str] = field(default_factory=dict)  # joints/gripper -> unit trained in
+    fps: int | None = None  # its frame rate (several rates: --mixed-fps own-rate samples each at its own)
 
     @classmethod
     def from_json(cls, data: dict) -> DatasetInfo:

@@ -117,11 +117,19 @@ def verdict(report: dict) -> str:
     )
 
 
+def episode_count(report: dict) -> str:
+    """'N episode(s)' of an eval report, 'of K datasets' when it covers several (their `count`, not `ids`)."""
+    eps = report["episodes"]
+    if "datasets" in report:
+        return f"{eps['count']} episode(s) of {len(report['datasets'])} datasets"
+    return f"{len(eps['ids'])} episode(s)"
+
+
 def eval_markdown(report: dict) -> str:
     """The per-joint table as Markdown (for the model card)."""
     eps = report["episodes"]
     lines = [
-        f"Executed action vs recorded action on {len(eps['ids'])} episode(s) ({eps['spec']}), "
+        f"Executed action vs recorded action on {episode_count(report)} ({eps['spec']}), "
         f"{eps['scored_frames']} frames; mean absolute error in the dataset's units. "
         "Baselines: *hold* = command the current state, *repeat* = the previous recorded action.",
         "",

@@ -54,6 +54,18 @@ class ModelSource:
         return data if isinstance(data, dict) else None
 
     @property
+    def datasets(self) -> list[dict[str, Any]]:
+        """Every training dataset (one entry per `train --dataset`, else the one), when known."""
+        from dataclasses import asdict
+
+        if self.state is not None and self.state.datasets:
+            return [asdict(d) for d in self.state.datasets]
+        listed = (self.info or {}).get("datasets")
+        if isinstance(listed, list) and listed:
+            return [d for d in listed if isinstance(d, dict)]
+        return [self.dataset] if self.dataset else []
+
+    @property
     def val_episodes(self) -> list[int]:
         """The episodes the run held out for validation (empty when none or unknown)."""
         eps = (self.dataset or {}).get("val_episodes") or []

@@ -74,8 +74,28 @@ def export_cmd(
 def eval_cmd(
     model: ModelArg,
     dataset_root: Annotated[
-        Path, typer.Option("--dataset-root", help="Local LeRobot dataset folder to evaluate on.")
-    ],
+        Path | None,
+        typer.Option(
+            "--dataset-root", help="Local LeRobot dataset folder to evaluate on.", show_default=False
+        ),
+    ] = None,
+    dataset: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--dataset",
+            help="A local dataset folder; repeat it to evaluate on several as train --dataset mixes them "
+            "(per dataset and overall, frame-weighted).",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
+    rename_map: Annotated[
+        str | None,
+        typer.Option(help="With --dataset: JSON object, dataset feature name -> the name the policy sees."),
+    ] = None,
+    convert_units: Annotated[
+        bool, typer.Option(help="With --dataset: convert datasets in other joint units to the first's.")
+    ] = False,
     dataset_id: Annotated[
         str | None, typer.Option(help="repo_id of the dataset (default: the one it records).")
     ] = None,
@@ -111,13 +131,32 @@ def eval_cmd(
     from piperctl.evaluation.openloop import evaluate
     from piperctl.evaluation.report import print_report
 
-    if not dataset_root.is_dir():
+    if (dataset_root is None) == (not dataset):
         raise PiperctlError(
-            f"--dataset-root {dataset_root} is not a folder", hint="pass a LeRobot dataset folder"
+            "name the data with --dataset-root DIR (one dataset) or --dataset DIR (repeatable), not both",
+            hint="e.g. piperctl eval RUN --dataset data/day1 --dataset data/day2",
         )
-    evaluation = evaluate(
-        model, dataset_root, dataset_id=dataset_id, episodes=episodes, device=device, seed=seed, final=final
-    )
+    for folder, flag in [(dataset_root, "--dataset-root"), *((d, "--dataset") for d in dataset or [])]:
+        if folder is not None and not folder.is_dir():
+            raise PiperctlError(f"{flag} {folder} is not a folder", hint="pass a LeRobot dataset folder")
+    if dataset:
+        from piperctl.evaluation.per_dataset import evaluate_datasets
+
+        evaluation = evaluate_datasets(
+            model, [str(d) for d in dataset], rename_map=rename_map, convert_units=convert_units,
+            episodes=episodes, device=device, seed=seed, final=final,
+        )  # fmt: skip
+    else:
+        assert dataset_root is not None
+        evaluation = evaluate(
+            model,
+            dataset_root,
+            dataset_id=dataset_id,
+            episodes=episodes,
+            device=device,
+            seed=seed,
+            final=final,
+        )
     if plots is not None:
         from piperctl.evaluation.plots import plot_episodes
 

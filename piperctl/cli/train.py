@@ -62,6 +62,7 @@ def train_cmd(
     dataset_weights: Annotated[str | None, _opt("dataset_weights")] = _default("dataset_weights"),
     rename_map: Annotated[str | None, _opt("rename_map", metavar="JSON")] = _default("rename_map"),
     convert_units: Annotated[bool, _opt("convert_units")] = _default("convert_units"),
+    mixed_fps: Annotated[str, _opt("mixed_fps", metavar="HOW")] = _default("mixed_fps"),
     cameras: Annotated[str | None, _opt("cameras")] = _default("cameras"),
     tolerance_s: Annotated[float, _opt("tolerance_s", min=0.0)] = _default("tolerance_s"),
     policy: Annotated[str, _opt("policy")] = _default("policy"),

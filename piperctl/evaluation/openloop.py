@@ -55,12 +55,14 @@ def parse_episodes(spec: str, total: int, val: list[int]) -> list[int]:
     return sorted(chosen)
 
 
-@functools.lru_cache(maxsize=2)
-def _frames_dataset(dataset_id: str, root: str | None) -> Any:
+@functools.lru_cache(maxsize=4)
+def frames_dataset(
+    dataset_id: str, root: str | None, drop: tuple[str, ...] = (), revision: str | None = None
+) -> Any:
     """The dataset without history or future frames: one observation per index, as the arm sees it."""
     from piperctl.training.data import open_dataset
 
-    return open_dataset(dataset_id, root, None)
+    return open_dataset(dataset_id, root, None, drop=list(drop), revision=revision)
 
 
 def _observation(item: dict, camera_keys: list[str]) -> dict:
@@ -84,13 +86,18 @@ def run_policy(
     *,
     seed: int = 0,
     progress: bool = True,
+    camera_keys: list[str] | None = None,
 ) -> dict[int, PolicyRun]:
-    """Feed each episode frame by frame to the policy; executed actions and predicted chunks, unnormalised."""
+    """Feed each episode frame by frame to the policy; executed actions and predicted chunks, unnormalised.
+
+    `camera_keys`: the cameras under the names `dataset`'s items carry (default: `meta`'s).
+    """
     from piperctl.console import progress_bar
 
     starts = meta.episodes["dataset_from_index"]
     ends = meta.episodes["dataset_to_index"]
     total = sum(int(ends[e]) - int(starts[e]) for e in episodes)
+    cameras = list(meta.camera_keys) if camera_keys is None else camera_keys
     device = next(iter(policy.parameters())).device
     original = policy.predict_action_chunk
     captured: list[torch.Tensor] = []
@@ -118,7 +125,7 @@ def run_policy(
                 executed: list[np.ndarray] = []
                 run = PolicyRun(np.empty(0))
                 for t, index in enumerate(range(int(starts[ep]), int(ends[ep]))):
-                    obs = preprocessor(_observation(dataset[index], list(meta.camera_keys)))
+                    obs = preprocessor(_observation(dataset[index], cameras))
                     action = postprocessor(policy.select_action(obs))
                     executed.append(action.reshape(-1).to("cpu", torch.float64).numpy())
                     for chunk in captured:
@@ -203,37 +210,13 @@ def action_scale(meta: Any, joints: int) -> np.ndarray:
     return np.asarray(std, dtype=np.float64).reshape(-1)[:joints]
 
 
-def score_during_training(
-    policy: Any,
-    preprocessor: Any,
-    postprocessor: Any,
-    meta: Any,
-    episodes: list[int],
-    *,
-    dataset_id: str,
-    dataset_root: str | None,
-    seed: int,
-) -> float:
-    """`val_action_nmae` of `policy` on held-out `episodes` (a run's rank 0 during training); inf when none scored.
-
-    Fits `piperctl.training.scoring.OpenLoopScorer`: `piperctl.train` hands it to the trainer.
-    """
-    dataset = _frames_dataset(dataset_id, dataset_root)
-    recorded = bl.read_episodes(meta.root, episodes, meta.features)
-    runs = run_policy(policy, preprocessor, postprocessor, dataset, meta, episodes, seed=seed, progress=False)
-    stats = score(recorded, runs, None).executed["policy"]
-    joints = len(stats.mae) if stats is not None else 0
-    value = stats.nmae(action_scale(meta, joints)) if stats is not None else None
-    return float("inf") if value is None else value
-
-
 @dataclass
 class Evaluation:
     """Everything `piperctl eval` computed: the report (JSON-ready) and the per-frame data for plots."""
 
     report: dict
-    recorded: dict[int, bl.Episode]
-    runs: dict[int, PolicyRun]
+    recorded: dict[Any, bl.Episode]  # by episode; by (dataset name, episode) over several datasets
+    runs: dict[Any, PolicyRun]
     pairing: bl.Pairing | None
     joints: list[str]
 
@@ -282,7 +265,7 @@ def evaluate(
     check_features_fit(model.config, meta, f"the model ({source.description})")
     recorded = bl.read_episodes(meta.root, chosen, meta.features)
     pairing = bl.hold_pairing(meta.features)
-    dataset = _frames_dataset(dataset_id or _repo_id(dataset_root), str(dataset_root))
+    dataset = frames_dataset(dataset_id or _repo_id(dataset_root), str(dataset_root))
     runs = run_policy(model.policy, model.preprocessor, model.postprocessor, dataset, meta, chosen, seed=seed)
     scores = score(recorded, runs, pairing)
     joints = bl.joint_names(meta.features)

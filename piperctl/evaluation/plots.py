@@ -45,9 +45,11 @@ def plot_episodes(evaluation, out_dir: Path, limit: int = 3) -> list[Path]:
             ax.grid(True, alpha=0.3)
         axes[0][0].legend(loc="upper right", fontsize=7, ncol=3)
         axes[-1][0].set_xlabel("frame")
-        fig.suptitle(f"episode {ep}: predicted vs recorded action")
+        # Several datasets key their episodes (dataset name, episode).
+        name, number = ep if isinstance(ep, tuple) else ("", ep)
+        fig.suptitle(f"{name + ' ' if name else ''}episode {number}: predicted vs recorded action")
         fig.tight_layout()
-        path = out_dir / f"episode_{ep:04d}.png"
+        path = out_dir / f"{name + '_' if name else ''}episode_{number:04d}.png"
         try:
             atomic_replace(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=90))
         finally:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from piperctl.checkpoints.model_card import cell as _cell
+from piperctl.checkpoints.model_card import episode_count, verdict
 from piperctl.checkpoints.model_card import num as _num
-from piperctl.checkpoints.model_card import verdict
 from piperctl.evaluation import baselines as bl
 from piperctl.evaluation.metrics import ErrorStats
 
@@ -45,12 +45,6 @@ def build_report(
     device: str,
 ) -> dict:
     """The JSON report of one evaluation."""
-    executed = {name: _stats_json(scores.executed.get(name), joints, scale) for name in NAMES}
-    horizon = [
-        {"step": h, **{name: _stats_json(slot.get(name), joints, scale) for name in NAMES}}
-        for h, slot in enumerate(scores.by_horizon)
-    ]
-    summary = {name: (executed[name] or {}).get("nmae") for name in NAMES}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -75,6 +69,19 @@ def build_report(
         "hold_unavailable": hold_unavailable,
         "seed": seed,
         "device": device,
+        **scores_json(scores, joints, scale),
+    }
+
+
+def scores_json(scores: Any, joints: list[str], scale: np.ndarray) -> dict:
+    """A report's `executed`, `chunk` and `summary` of one set of scores."""
+    executed = {name: _stats_json(scores.executed.get(name), joints, scale) for name in NAMES}
+    horizon = [
+        {"step": h, **{name: _stats_json(slot.get(name), joints, scale) for name in NAMES}}
+        for h, slot in enumerate(scores.by_horizon)
+    ]
+    summary = {name: (executed[name] or {}).get("nmae") for name in NAMES}
+    return {
         "executed": executed,
         "chunk": {"chunks": scores.chunks, "horizon": len(horizon), "by_step": horizon},
         "summary": {
@@ -83,6 +90,33 @@ def build_report(
             "beats_hold": _beats(summary["policy"], summary["hold"]),
             "beats_repeat": _beats(summary["policy"], summary["repeat"]),
         },
+    }
+
+
+def combine_reports(parts: list[tuple[str, dict]], overall: Any) -> dict:
+    """The report over several datasets: every scored frame pooled (`weighting` "frames"), and each dataset's own.
+
+    The overall `executed`, `chunk` and `summary` have the one-dataset report's shape; `datasets`
+    lists each dataset's `name`, `dataset`, `episodes`, `executed`, `chunk` and `summary`.
+    """
+    first = parts[0][1]
+    scale = np.asarray(first["action_scale"], dtype=np.float64)
+    keep = ("dataset", "episodes", "executed", "chunk", "summary")
+    return {
+        **{k: first[k] for k in ("format", "version", "model")},
+        "weighting": "frames",
+        "episodes": {
+            "spec": first["episodes"]["spec"],
+            "count": sum(len(r["episodes"]["ids"]) for _, r in parts),
+            "frames": sum(r["episodes"]["frames"] for _, r in parts),
+            "scored_frames": sum(r["episodes"]["scored_frames"] for _, r in parts),
+        },
+        **{
+            k: first[k]
+            for k in ("joints", "action_scale", "hold_pairing", "hold_unavailable", "seed", "device")
+        },
+        **scores_json(overall, first["joints"], scale),
+        "datasets": [{"name": name, **{k: r[k] for k in keep}} for name, r in parts],
     }
 
 
@@ -106,8 +140,8 @@ def print_report(report: dict) -> None:
 
     eps = report["episodes"]
     title = (
-        f"open-loop action error of {escape(report['model']['description'])} on {len(eps['ids'])} episode(s) "
-        f"({eps['scored_frames']} scored frames), in the dataset's units"
+        f"open-loop action error of {escape(report['model']['description'])} on {episode_count(report)} "
+        f"({eps['scored_frames']} scored frames), in the {'first ' if 'datasets' in report else ''}dataset's units"
     )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     if report.get("hold_unavailable"):
@@ -128,6 +162,22 @@ def print_report(report: dict) -> None:
     s = report["summary"]
     table.add_row("[bold]normalised MAE[/]", _num(s["policy"]), _num(s["hold"]), _num(s["repeat"]), "", "")
     out.print(table)
+    if "datasets" in report:
+        per = Table(
+            title="normalised MAE per dataset; overall: every scored frame of every dataset alike (frame-weighted)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        per.add_column("dataset")
+        for head in ("episodes", "scored frames", "policy", "hold", "repeat"):
+            per.add_column(head, justify="right")
+        for d in report["datasets"]:
+            e, ds = d["episodes"], d["summary"]
+            row = (len(e["ids"]), e["scored_frames"], ds["policy"], ds["hold"], ds["repeat"])
+            per.add_row(escape(d["name"]), str(row[0]), str(row[1]), *map(_num, row[2:]))
+        per.add_row("[bold]overall[/]", str(eps["count"]), str(eps["scored_frames"]), _num(s["policy"]),
+                    _num(s["hold"]), _num(s["repeat"]))  # fmt: skip
+        out.print(per)
     if report["chunk"]["by_step"]:
         chunk = Table(
             title=f"predicted chunk: mean MAE over joints by step ({report['chunk']['chunks']} chunks)",

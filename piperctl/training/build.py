@@ -227,10 +227,10 @@ def open_feed(
     """The dataset (frame-cached with --frame-cache) with its training and validation loaders, for this rank."""
     from lerobot.datasets.factory import resolve_delta_timestamps
 
-    delta = resolve_delta_timestamps(policy_cfg, split.meta)
     parts = []
     for source in split.sources:
-        own = {source.recorded_name(k): v for k, v in delta.items()} if delta else delta
+        # Each dataset's own feature names and frame rate (--mixed-fps own-rate: chunks count its frames).
+        own = resolve_delta_timestamps(policy_cfg, source.meta)
         part = data.open_dataset(
             source.spec.id,
             source.spec.root,

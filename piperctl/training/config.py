@@ -21,6 +21,7 @@ from piperctl.hub import dataset_source
 DEFAULT_DATASET_ID = "ISdept/piper_arm"
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
 BEST_METRICS = ("auto", "val_loss", "val_action_nmae")
+MIXED_FPS = ("refuse", "own-rate")
 
 
 # Upper bounds of the count options: what a 64-bit step counter, a seed and a machine's memory and
@@ -76,6 +77,11 @@ class TrainConfig:
         False,
         "Convert datasets recorded in other joint units to the first dataset's (state, action, stats); "
         "without it, mixed units are refused.",
+    )
+    mixed_fps: str = option(
+        "refuse",
+        "Datasets recorded at other frame rates: refuse, or own-rate (each sampled at its own rate: "
+        "action chunks and observation history count that dataset's frames, as lerobot-train on it alone).",
     )
     cameras: str | None = option(
         None, "Cameras to train on, by name (e.g. front,wrist; default: all). Others are not read."
@@ -286,6 +292,10 @@ class TrainConfig:
                 )
         self.renames()
         self.weights()
+        if self.mixed_fps not in MIXED_FPS:
+            raise PiperctlError(
+                f"--mixed-fps {self.mixed_fps!r} is not valid", hint=f"use one of: {', '.join(MIXED_FPS)}"
+            )
         if self.best_metric not in BEST_METRICS:
             raise PiperctlError(
                 f"--best-metric {self.best_metric!r} is not valid",

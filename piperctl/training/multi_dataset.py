@@ -110,13 +110,8 @@ def open_sources(cfg: TrainConfig) -> list[Source]:
         s.val_episodes = held_out
         s.train_episodes = [e for e in range(s.meta.total_episodes) if e not in set(held_out)]
         s.weight = w
-    require_compatible(sources, renames)
+    require_compatible(sources, renames, cfg.mixed_fps)
     set_units(sources, cfg.convert_units)
-    if len(sources) > 1 and cfg.val_episodes and cfg.resolved_best_metric() == "val_action_nmae":
-        raise PiperctlError(
-            "--best-metric val_action_nmae (--eval-every) scores one dataset, this run trains on several",
-            hint="use --best-metric val_loss (validation loss per dataset and overall)",
-        )
     return sources
 
 
@@ -189,16 +184,17 @@ def _val_of(text: str, source: Source, many: bool) -> list[int]:
         raise PiperctlError(f"{e.message} (dataset {source.spec.name})", hint=e.hint) from e
 
 
-def require_compatible(sources: list[Source], renames: dict[str, str]) -> None:
-    """Refuse, in one line, datasets whose fps or features (after --rename-map) differ from the first's."""
+def require_compatible(sources: list[Source], renames: dict[str, str], mixed_fps: str = "refuse") -> None:
+    """Refuse, in one line, datasets whose features (after --rename-map), or fps unless `mixed_fps`, differ from the first's."""
     first = sources[0]
     want = first.policy_features
     for s in sources[1:]:
         who = f"dataset {s.spec.name}"
-        if s.meta.fps != first.meta.fps:
+        if s.meta.fps != first.meta.fps and mixed_fps == "refuse":
             raise PiperctlError(
                 f"{who} is recorded at {s.meta.fps} fps and dataset {first.spec.name} at {first.meta.fps} fps",
-                hint="train on datasets of one frame rate (piperctl does not resample)",
+                hint="pass --mixed-fps own-rate to sample each at its own rate (an action chunk then spans "
+                "another duration in each; piperctl does not resample), or train on datasets of one frame rate",
             )
         have = s.policy_features
         missing = [k for k in want if k not in have]
@@ -339,7 +335,7 @@ def train_stats(sources: list[Source]) -> dict:
         stats = data.train_stats(s.meta, s.train_episodes)
         stats = {s.rename.get(k, k): v for k, v in stats.items()}
         for key, (scale, offset) in s.convert.items():
-            stats[key] = _converted(stats[key], np.asarray(scale), np.asarray(offset))
+            stats[key] = converted_stats(stats[key], np.asarray(scale), np.asarray(offset))
         per.append(stats)
     if len(per) == 1:
         return per[0]
@@ -347,7 +343,7 @@ def train_stats(sources: list[Source]) -> dict:
     return aggregate_stats([{k: v for k, v in st.items() if k in keep} for st in per])
 
 
-def _converted(stats: dict, scale: np.ndarray, offset: np.ndarray) -> dict:
+def converted_stats(stats: dict, scale: np.ndarray, offset: np.ndarray) -> dict:
     """A feature's stats in other units (value * scale + offset): std scales, counts stay, the rest maps."""
     out = {}
     for name, value in stats.items():
@@ -381,6 +377,7 @@ def records(sources: list[Source]) -> list[DatasetInfo]:
             weight=s.weight,
             rename_map=dict(s.rename),
             units={g: UNIT_TEXT[u] for g, u in s.units.items()},
+            fps=s.meta.fps,
             converted_to={
                 g: UNIT_TEXT[first.units[g]]
                 for g in s.units
@@ -431,6 +428,7 @@ def describe(sources: list[Source]) -> list[str]:
         lines.append(
             f"dataset {i + 1}/{len(sources)} {s.spec.name}: {s.meta.total_episodes} episodes "
             f"({len(s.train_episodes)} train / {len(s.val_episodes)} val), {s.meta.total_frames} frames, "
-            f"{s.meta.fps} fps, {units}{extra}"
+            f"{s.meta.fps} fps{' (its own rate: --mixed-fps own-rate)' if s.meta.fps != sources[0].meta.fps else ''}"
+            f", {units}{extra}"
         )
     return lines

@@ -2,7 +2,7 @@
 
 Evaluation sits above training (it imports the training data code), so the trainer never imports it:
 the caller that wires a run (`piperctl.train` / `piperctl.resume`) passes
-`piperctl.evaluation.openloop.score_during_training`, which fits this protocol.
+`piperctl.evaluation.per_dataset.score_during_training`, which fits this protocol.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
     from lerobot.policies.pretrained import PreTrainedPolicy
     from lerobot.processor import PolicyProcessorPipeline
 
+    from piperctl.training.multi_dataset import Source
+
 
 class OpenLoopScorer(Protocol):
-    """`val_action_nmae` of a policy on held-out episodes; `piperctl.evaluation.openloop.score_during_training`.
+    """`val_action_nmae` of a policy on every dataset's held-out episodes; `piperctl.evaluation.per_dataset.score_during_training`.
 
     Evaluation sits above training, so the caller that wires a run (`piperctl.train`) hands it in.
     """
@@ -26,12 +27,10 @@ class OpenLoopScorer(Protocol):
         policy: PreTrainedPolicy,
         preprocessor: PolicyProcessorPipeline,
         postprocessor: PolicyProcessorPipeline,
-        meta: LeRobotDatasetMetadata,
-        episodes: list[int],
+        sources: list[Source],
         *,
-        dataset_id: str,
-        dataset_root: str | None,
         seed: int,
-    ) -> float:
-        """The mean normalised MAE of the executed action (inf when nothing was scored)."""
+    ) -> dict[str, float]:
+        """`val_action_nmae` (every held-out frame, inf when none was scored) and, with several datasets,
+        `val_action_nmae/NAME` of each."""
         ...

@@ -220,20 +220,18 @@ class Trainer:
         self.ckpts.best = checkpoint_dir(self.run_dir, self.step)
         return True
 
-    def validate_open_loop(self) -> float:
-        """Open-loop action error (mean normalised MAE of the executed action) on the held-out episodes."""
+    def validate_open_loop(self) -> dict[str, float]:
+        """Open-loop action error (normalised MAE of the executed action) on held-out episodes: overall, per dataset."""
         assert self.scorer is not None  # run() refuses val_action_nmae without one
-        cfg, p = self.cfg, self.parts
-        value = None
+        p = self.parts
+        values = None
         if self.dist.is_main:
-            (source,) = self.split.sources  # one dataset: open_split refuses this metric with several
-            value = self.scorer(
-                p.policy, p.preprocessor, p.postprocessor, source.meta, source.val_episodes,
-                dataset_id=source.spec.id, dataset_root=source.spec.root, seed=cfg.seed,
-            )  # fmt: skip
-        value = self.dist.broadcast(value)
+            values = self.scorer(
+                p.policy, p.preprocessor, p.postprocessor, self.split.sources, seed=self.cfg.seed
+            )
+        values = self.dist.broadcast(values)
         p.policy.train()
-        return float(value)
+        return values
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -303,7 +301,7 @@ class Trainer:
                 if self.feed.val_loaders and (self.step % eval_every == 0 or self.step == cfg.steps):
                     record.update(self.validate())
                     if self.best_metric == "val_action_nmae":
-                        record["val_action_nmae"] = self.validate_open_loop()
+                        record.update(self.validate_open_loop())
                     new_best = self._update_best(record[self.best_metric])
                 steps_since += 1
                 if self.step % cfg.log_every == 0 or "val_loss" in record or self.step == cfg.steps:
