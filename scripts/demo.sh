@@ -22,7 +22,7 @@ echo "== 1. synthesize a PiPER pick-and-place dataset with two cameras ($DATA)"
 echo "== 2. scan it for leakage and integrity faults"
 "$PIPERCTL" leakage full "$DATA"
 
-echo "== 3. train a small ACT policy; interrupt it with SIGTERM part-way (as a preempting scheduler would)"
+echo "== 3. train a small ACT; SIGTERM it part-way, as a preempting scheduler would"
 "$PIPERCTL" train --output-dir "$RUN" --dataset-root "$DATA" --dataset-id local/piper_demo \
   --steps "$STEPS" --save-every 20 --keep-last 2 --lr 1e-4 --batch-size 8 --num-workers 2 --val-episodes 2 \
   --policy-opt pretrained_backbone_weights=null --policy-opt dim_model=128 --policy-opt n_heads=4 \
@@ -45,18 +45,21 @@ echo "== 5. list and verify the run's checkpoints"
 "$PIPERCTL" checkpoints list "$RUN"
 "$PIPERCTL" checkpoints verify "$RUN"
 
-echo "== 6. evaluate the policy open-loop on its held-out episodes, beside the 'hold' and 'repeat' baselines"
+echo "== 6. evaluate it open-loop on the held-out episodes, beside 'hold' and 'repeat'"
 "$PIPERCTL" eval "$RUN" --dataset-root "$DATA" --plots "$PLOTS" --report "$DEMO_DIR/eval.json"
-echo "(A $STEPS-step CPU run is a check of the pipeline, not a trained policy: 'hold' = stay where the arm"
-echo " is, a strong baseline at 30 fps. On these 10 training episodes the error stops falling at 6.5x hold's"
-echo " after ~1,000 steps; beating hold takes more recordings: see 'Reading the verdict' in docs/export-eval.md.)"
+echo "(A $STEPS-step CPU run checks the pipeline; it is not a trained policy. 'hold' = stay"
+echo " where the arm is, a strong baseline at 30 fps. On these 10 training episodes the"
+echo " error stops falling at 6.5x hold's after ~1,000 steps; beating hold takes more"
+echo " recordings: see 'Reading the verdict' in docs/export-eval.md.)"
 
-echo "== 7. export it in lerobot's pretrained_model layout (best checkpoint, model card with the eval table)"
+echo "== 7. export it in lerobot's layout (best checkpoint, model card with the eval)"
 "$PIPERCTL" export "$RUN" "$EXPORT" --eval-report "$DEMO_DIR/eval.json"
 "$PIPERCTL" checkpoints verify "$EXPORT"
 
 echo
 echo "demo dataset : $DATA"
-echo "trained run  : $RUN (pretrained_model/, checkpoints, metrics.jsonl, loss_curve.png)"
-echo "eval plots   : $PLOTS (predicted vs recorded actions per joint; JSON report: $DEMO_DIR/eval.json)"
-echo "export       : $EXPORT (load with PreTrainedPolicy.from_pretrained('$EXPORT'), or lerobot-rollout --policy.path=$EXPORT)"
+echo "trained run  : $RUN (checkpoints, pretrained_model/, metrics, loss curve)"
+echo "eval report  : $DEMO_DIR/eval.json; plots per joint in $PLOTS"
+echo "export       : $EXPORT"
+echo "  load it with PreTrainedPolicy.from_pretrained('$EXPORT')"
+echo "  or run it with lerobot-rollout --policy.path=$EXPORT"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from rich.console import Console
 from rich.markup import escape
@@ -39,8 +40,9 @@ def _console(console: Console | None) -> Console:
     from piperctl.console import out
 
     console = console or out
-    if not console.is_terminal and console.width < 120:
-        # Piped output gets Rich's 80 columns, too narrow for the summaries; files and CI logs take 120.
+    if not console.is_terminal and console.width < 120 and not os.environ.get("COLUMNS"):
+        # Piped output gets Rich's 80 columns, too narrow for the summaries; files and CI logs take 120
+        # (unless COLUMNS says otherwise, as it does for a terminal).
         console = Console(file=console.file, width=120)
     return console
 
