@@ -214,6 +214,28 @@ def test_the_export_loads_in_lerobot_as_an_adapter_and_merged(
 
 
 @pytest.mark.train
+def test_eval_scores_a_lora_runs_final_model_as_its_merged_export(
+    tmp_path: Path, lora_run: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(["export", lora_run, merged, "--final", "--merge"], capsys)
+    assert code == 0, err
+    reports = []
+    for target in ([lora_run, "--final"], [merged]):
+        code, out, err = run_cli(["eval", *target, "--dataset-root", tiny_ds, "--json"], capsys)
+        assert code == 0, err
+        reports.append(json.loads(out))
+    peft, plain = reports
+    # base + adapter (rebuilt over the checked base) acts as the merged weights do, on the held-out episode.
+    assert peft["model"]["policy_type"] == "act" and peft["episodes"]["ids"] == plain["episodes"]["ids"] == [
+        4
+    ]
+    a, b = peft["executed"]["policy"], plain["executed"]["policy"]
+    assert a["frames"] == b["frames"] > 0 and isinstance(a["nmae"], float)
+    assert a["nmae"] == pytest.approx(b["nmae"], rel=1e-4)
+
+
+@pytest.mark.train
 def test_freeze_saves_only_what_trains(tmp_path: Path, tiny_ds: Path, base: Path) -> None:
     run = tmp_path / "run"
     init = str(base / ckpt.PRETRAINED_DIR)
