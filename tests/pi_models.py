@@ -21,9 +21,10 @@ PALIGEMMA_ID = "google/paligemma-3b-pt-224"
 # The tiny Gemma every variant becomes (PaliGemma's language model and the action expert alike); 8 heads
 # because lerobot's joint attention reshapes to 8 * head_dim.
 TINY_GEMMA = {"width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 8, "num_kv_heads": 1, "head_dim": 4}
-# A 1-layer SigLIP for 32x32 images in 16x16 patches: 4 image tokens.
+# A 1-layer SigLIP for 32x32 images in 16x16 patches: 4 image tokens (π0-FAST's SigLIP is always
+# built for 224x224 in lerobot 0.6.1, whatever image_resolution says: the tiny one takes 32x32).
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-TINY_VISION |= {"patch_size": 16}
+TINY_VISION |= {"patch_size": 16, "image_size": 32}
 
 _SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 # Words of the synthesized tasks and of the π prompts ("Task: ..., State: 12 200;\nAction: "), the
@@ -52,6 +53,38 @@ def build_paligemma_tokenizer(out: Path) -> Path:
 def vocab_size() -> int:
     """The tiny tokenizer's vocabulary size: the size of every patched embedding and LM head."""
     return len(_SPECIALS) + len(_WORDS)
+
+
+# π0-FAST's action tokenizer (lerobot/fast-action-tokenizer) is Hub code loaded with trust_remote_code;
+# its tiny stand-in answers to this name.
+TINY_FAST = "tiny-fast-action-tokenizer"
+
+
+class TinyFastTokenizer:
+    """FAST without merges: the action chunk's DCT (lerobot's `scale`, `min_token`), one token per coefficient.
+
+    What lerobot uses of FAST's processor: calling it on a chunk, `bpe_tokenizer.decode`, `min_token`, `scale`.
+    """
+
+    scale = 10.0
+    min_token = -100
+    vocab_size = 200
+
+    def __init__(self) -> None:
+        self.bpe_tokenizer = self
+
+    def __call__(self, chunk: Any) -> list[list[int]]:
+        """Token ids of each chunk in a (batch, horizon, action_dim) array."""
+        import numpy as np
+        from scipy.fft import dct
+
+        coeff = np.around(dct(np.asarray(chunk, dtype=np.float64), axis=1, norm="ortho") * self.scale)
+        tokens = np.clip(coeff - self.min_token, 0, self.vocab_size - 1).astype(int)
+        return [row.flatten().tolist() for row in tokens]
+
+    def decode(self, ids: Any) -> str:
+        """The characters FAST's BPE decodes to: one per DCT coefficient."""
+        return "".join(chr(int(i)) for i in ids)
 
 
 def _shrunk_paligemma(cls: type) -> Callable[..., Any]:
@@ -105,6 +138,18 @@ def install(tokenizer: Path, setattr_: Callable[[Any, str, Any], None] = setattr
 
     setattr_(tokenizer_processor, "AutoTokenizer", LocalTokenizer)
 
+    class LocalProcessor(transformers.AutoProcessor):
+        """AutoProcessor that gives π0-FAST's tiny action tokenizer for its name."""
+
+        @classmethod
+        def from_pretrained(cls, name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == TINY_FAST:
+                return TinyFastTokenizer()
+            return transformers.AutoProcessor.from_pretrained(name, *args, **kwargs)
+
+    for mod in (tokenizer_processor, importlib.import_module("lerobot.policies.pi0_fast.modeling_pi0_fast")):
+        setattr_(mod, "AutoProcessor", LocalProcessor)
+
 
 def subprocess_code(tokenizer: Path, argv: list[str]) -> str:
     """`python -c` code that installs the tiny π models, then runs `piperctl ARGV` (for SIGKILL tests)."""
@@ -115,8 +160,11 @@ def subprocess_code(tokenizer: Path, argv: list[str]) -> str:
     )
 
 
-def tiny_pi(policy: str) -> dict:
-    """Policy options of a tiny `policy` (pi0, pi05, pi0_fast): 32x32 images, chunks of 4, dims padded to 8."""
+def tiny_pi(policy: str, tokenizer: Path) -> dict:
+    """Policy options of a tiny `policy` (pi0, pi05, pi0_fast): 32x32 images, chunks of 4, dims padded to 8.
+
+    π0-FAST names its tokenizers in its config: the local one and the tiny FAST.
+    """
     opts = {
         "image_resolution": [32, 32],
         "chunk_size": 4,
@@ -128,5 +176,9 @@ def tiny_pi(policy: str) -> dict:
         "scheduler_decay_steps": 4,
     }
     if policy != "pi0_fast":
-        opts["num_inference_steps"] = 2
-    return opts
+        return {**opts, "num_inference_steps": 2}
+    # Action tokens count down from the top of the vocabulary (fast_skip_tokens from its end): ids stay inside.
+    fast = {"text_tokenizer_name": str(tokenizer), "action_tokenizer_name": TINY_FAST, "fast_skip_tokens": 0}
+    # An untrained model's decoded tokens need not start with "Action: " (lerobot checks by default).
+    fast |= {"max_action_tokens": 40, "max_decoding_steps": 40, "validate_action_token_prefix": False}
+    return {**opts, **fast}

@@ -29,7 +29,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield tok
 
 
-def _train_args(run: Path, ds: Path, policy: str, **overrides: object) -> list[str]:
+def _train_args(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> list[str]:
     args = [
         "train",
         "--output-dir",
@@ -43,10 +43,10 @@ def _train_args(run: Path, ds: Path, policy: str, **overrides: object) -> list[s
     ]
     for k, v in {**RUN, **overrides}.items():
         args += [f"--{k.replace('_', '-')}", v]
-    return [*map(str, args), *policy_opt_args(tiny_pi(policy))]
+    return [*map(str, args), *policy_opt_args(tiny_pi(policy, tok))]
 
 
-def _train(run: Path, ds: Path, policy: str, **overrides: object) -> Path:
+def _train(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> Path:
     from piperctl import train
 
     opts = {**RUN, "val_episodes": None, **overrides}
@@ -55,7 +55,7 @@ def _train(run: Path, ds: Path, policy: str, **overrides: object) -> Path:
         dataset_id="local/tiny",
         dataset_root=str(ds),
         policy=policy,
-        policy_options=tiny_pi(policy),
+        policy_options=tiny_pi(policy, tok),
         **opts,
     )
     return run
@@ -76,7 +76,7 @@ def _act_with_export(export: Path, ds_root: Path) -> torch.Tensor:
     batch = {k: v for k, v in frame.items() if k.startswith("observation.")} | {"task": frame["task"]}
     with torch.no_grad():
         action = post(policy.select_action(pre(batch)))
-    assert tuple(action.shape) == (1, ds.meta.features["action"]["shape"][0])
+    assert tuple(action.shape) == (1, ds.meta.features["action"]["shape"][0]) and action.isfinite().all()
     return action
 
 
@@ -84,10 +84,10 @@ def _act_with_export(export: Path, ds_root: Path) -> torch.Tensor:
 def test_a_killed_pi05_run_resumes_bit_exactly_verifies_and_exports(
     tmp_path: Path, tiny_cam_ds: Path, tokenizer: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    reference = _train(tmp_path / "reference", tiny_cam_ds, "pi05")
+    reference = _train(tmp_path / "reference", tiny_cam_ds, "pi05", tokenizer)
     run = tmp_path / "run"
     # The SIGKILLed process needs the same tiny models: it installs them before running piperctl.
-    code = subprocess_code(tokenizer, _train_args(run, tiny_cam_ds, "pi05"))
+    code = subprocess_code(tokenizer, _train_args(run, tiny_cam_ds, "pi05", tokenizer))
     env = {**os.environ, "PIPERCTL_FAULT": "after-save:2"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     res = subprocess.run([python_exe(), "-c", code], capture_output=True, text=True, env=env, timeout=300)
@@ -108,11 +108,11 @@ def test_a_killed_pi05_run_resumes_bit_exactly_verifies_and_exports(
 
 
 @pytest.mark.train
-@pytest.mark.parametrize("policy", ["pi0"])
+@pytest.mark.parametrize("policy", ["pi0", "pi0_fast"])
 def test_a_tiny_pi_model_trains_verifies_and_its_export_loads_in_lerobot(
     tmp_path: Path, tiny_cam_ds: Path, tokenizer: Path, policy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = _train(tmp_path / "run", tiny_cam_ds, policy, steps=2)
+    run = _train(tmp_path / "run", tiny_cam_ds, policy, tokenizer, steps=2)
     assert ckpt.check_checkpoint(run / "checkpoint-2").ok
     code, out, err = run_cli(["checkpoints", "verify", run, "--json"], capsys)
     assert code == 0, out + err
