@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from piperctl import checkpoints as ckpt
 from piperctl.checkpoints import format as fmt
+from piperctl.checkpoints.adapters import BASE_FILES
 from piperctl.checkpoints.integrity import sha256_file
 from tests.conftest import (
     assert_same_optimizer_state,
@@ -37,6 +38,23 @@ def base(tmp_path_factory: pytest.TempPathFactory, tiny_ds: Path) -> Path:
     run = tmp_path_factory.mktemp("peft_base") / "base"
     train_tiny(run, tiny_ds, steps=2, save_every=2, val_episodes=None)
     return run
+
+
+def _base_hashes(monkeypatch: pytest.MonkeyPatch, base_model: Path) -> list[str]:
+    """The names of the base model's files hashed from now on (the per-process hash memo emptied)."""
+    from piperctl.checkpoints import adapters, integrity
+
+    monkeypatch.setattr(adapters, "_HASHED", {})
+    calls: list[str] = []
+    real = integrity.sha256_file
+
+    def counting(path: Path) -> str:
+        if Path(path).resolve().parent == base_model.resolve():
+            calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(integrity, "sha256_file", counting)
+    return calls
 
 
 def _lora_args(run: Path, ds: Path, base: Path, **overrides: object) -> list[str]:
@@ -80,13 +98,21 @@ def test_a_lora_checkpoint_holds_only_the_adapter_and_names_its_base(lora_run: P
 
 @pytest.mark.train
 def test_a_killed_lora_run_resumes_bit_exactly(
-    tmp_path: Path, tiny_ds: Path, base: Path, lora_run: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_ds: Path,
+    base: Path,
+    lora_run: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = tmp_path / "run"
     res = piperctl_cli(_lora_args(run, tiny_ds, base), env={"PIPERCTL_FAULT": "after-save:4"})
     assert res.returncode == -signal.SIGKILL, res.stderr
+    hashed = _base_hashes(monkeypatch, base / ckpt.PRETRAINED_DIR)
     code, _, err = run_cli(["resume", run], capsys)
     assert code == 0, err
+    # The base's files are the very ones hashed when the run started: resume does not hash them again.
+    assert hashed == []
     assert losses(run) == losses(lora_run)
     assert_same_weights(run / "checkpoint-8", lora_run / "checkpoint-8")
     a = load_file(str(run / ckpt.PRETRAINED_DIR / fmt.ADAPTER_WEIGHTS))
@@ -96,12 +122,17 @@ def test_a_killed_lora_run_resumes_bit_exactly(
 
 
 @pytest.mark.train
-def test_verify_checks_the_base(lora_run: Path, base: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_checks_the_base(
+    lora_run: Path, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hashed = _base_hashes(monkeypatch, base / ckpt.PRETRAINED_DIR)
     code, out, err = run_cli(["checkpoints", "verify", lora_run, "--json"], capsys)
     assert code == 0, out + err
     doc = json.loads(out)
     assert [c["kind"] for c in doc["checkpoints"]] == ["checkpoint", "checkpoint", "model"]
     assert all(c["checks"]["base"] == "pass" and c["checks"]["policy"] == "pass" for c in doc["checkpoints"])
+    # Three folders name the same base: each of its files is hashed once, not once per folder.
+    assert sorted(hashed) == sorted(BASE_FILES)
     weights = base / ckpt.PRETRAINED_DIR / ckpt.LEROBOT_WEIGHTS
     original = weights.read_bytes()
     try:
@@ -122,6 +153,13 @@ def test_verify_checks_the_base(lora_run: Path, base: Path, capsys: pytest.Captu
         assert code == 1
         codes = {p["code"] for p in json.loads(out)["checkpoints"][0]["problems"]}
         assert codes == {"base-missing"}
+        # --quick hashes nothing but still finds the base gone.
+        code, out, _ = run_cli(
+            ["checkpoints", "verify", lora_run / "checkpoint-8", "--quick", "--json"], capsys
+        )
+        (report,) = json.loads(out)["checkpoints"]
+        assert code == 1 and report["checks"]["base"] == "fail" and report["checks"]["sha256"] == "skipped"
+        assert [p["code"] for p in report["problems"]] == ["base-missing"]
     finally:
         moved.rename(base / ckpt.PRETRAINED_DIR)
 
@@ -173,6 +211,28 @@ def test_the_export_loads_in_lerobot_as_an_adapter_and_merged(
     again = get_policy_class("act").from_pretrained(final_merged)
     with torch.no_grad():
         assert torch.allclose(again.select_action(dict(batch)), b, atol=1e-5)
+
+
+@pytest.mark.train
+def test_eval_scores_a_lora_runs_final_model_as_its_merged_export(
+    tmp_path: Path, lora_run: Path, tiny_ds: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(["export", lora_run, merged, "--final", "--merge"], capsys)
+    assert code == 0, err
+    reports = []
+    for target in ([lora_run, "--final"], [merged]):
+        code, out, err = run_cli(["eval", *target, "--dataset-root", tiny_ds, "--json"], capsys)
+        assert code == 0, err
+        reports.append(json.loads(out))
+    peft, plain = reports
+    # base + adapter (rebuilt over the checked base) acts as the merged weights do, on the held-out episode.
+    assert peft["model"]["policy_type"] == "act" and peft["episodes"]["ids"] == plain["episodes"]["ids"] == [
+        4
+    ]
+    a, b = peft["executed"]["policy"], plain["executed"]["policy"]
+    assert a["frames"] == b["frames"] > 0 and isinstance(a["nmae"], float)
+    assert a["nmae"] == pytest.approx(b["nmae"], rel=1e-4)
 
 
 @pytest.mark.train

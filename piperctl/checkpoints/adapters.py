@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,16 @@ def write_base_ref(folder: Path, ref: BaseRef) -> None:
 
 
 def describe_base(folder: Path, location: str, revision: str | None, peft: dict | None) -> BaseRef:
-    """The reference to base model `folder` (a Hub snapshot when `revision` is given), its files hashed."""
-    from piperctl.checkpoints.integrity import sha256_file
+    """The reference to base model `folder` (a Hub snapshot when `revision` is given), its files hashed.
 
+    Each file's `mtime_ns` and `inode` are recorded too: `resume` skips hashing a base file that is
+    still the very same, untouched file (`base_problems(..., mode="unchanged")`).
+    """
     files = {}
     for name in BASE_FILES:
         path = folder / name
-        files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        st = path.stat()
+        files[name] = {"size": st.st_size, "sha256": _sha256(path), **_identity(st)}
     source = "hub" if revision else "local"
     where = location if revision else str(folder.resolve())
     return BaseRef(source, where, revision, files, peft)
@@ -127,10 +131,37 @@ def locate_base(ref: BaseRef) -> Path:
         ) from e
 
 
-def base_problems(ref: BaseRef) -> list[fmt.Problem]:
-    """Every way the base on this machine differs from the one the run started from (empty when none)."""
+# sha256 of base files already hashed by this process, by (path, size, mtime_ns, ctime_ns, inode): a
+# `verify` of a run with many checkpoints hashes a multi-GB base once, not once per checkpoint.
+_HASHED: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _identity(st: os.stat_result) -> dict[str, int]:
+    """What tells that a file is the very one that was hashed: its inode, modification and change times.
+
+    Any write, `touch`, `utime` or copy changes one of them (ctime cannot be set back from user space).
+    """
+    return {"mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, hashed once per process while the file stays untouched."""
     from piperctl.checkpoints.integrity import sha256_file
 
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
+
+
+def base_problems(ref: BaseRef, mode: str = "full") -> list[fmt.Problem]:
+    """Every way the base on this machine differs from the one the run started from (empty when none).
+
+    `mode` says what is hashed: "full" every file (verify, export); "unchanged" only the files that are
+    not the very files hashed when the run started (resume); "size" none (verify --quick). A missing
+    file or another size is a change in every mode.
+    """
     try:
         folder = locate_base(ref)
     except PiperctlError as e:
@@ -140,7 +171,12 @@ def base_problems(ref: BaseRef) -> list[fmt.Problem]:
         path = folder / name
         if not path.is_file():
             found.append(fmt.Problem("base-missing", f"the base model {ref.description} lacks {name}"))
-        elif path.stat().st_size != want.get("size") or sha256_file(path) != want.get("sha256"):
+            continue
+        st = path.stat()
+        untouched = mode == "unchanged" and _identity(st) == {k: want.get(k) for k in _identity(st)}
+        if st.st_size != want.get("size") or not (
+            mode == "size" or untouched or _sha256(path) == want.get("sha256")
+        ):
             found.append(
                 fmt.Problem(
                     "base-changed",
@@ -151,9 +187,9 @@ def base_problems(ref: BaseRef) -> list[fmt.Problem]:
     return found
 
 
-def require_base(ref: BaseRef) -> Path:
-    """The base's folder, refusing a missing or changed base in one line."""
-    problems = base_problems(ref)
+def require_base(ref: BaseRef, mode: str = "full") -> Path:
+    """The base's folder, refusing a missing or changed base in one line (`mode`: see `base_problems`)."""
+    problems = base_problems(ref, mode)
     if problems:
         raise PiperctlError(
             problems[0].message,

@@ -392,6 +392,20 @@ def _check_processors(ctx: Context) -> None:
 @deep_check("base")
 def _check_base(ctx: Context) -> None:
     """A fine-tuning model's base is where base_model.json says, with the same files (passes when it needs none)."""
+    _base(ctx, "full")
+
+
+def check_base_sizes(result: QuickCheck) -> set[str]:
+    """`verify --quick`'s base check: the base is there and its files have their sizes (nothing hashed)."""
+    if not result.path.is_dir():
+        return set()
+    escaped = {i.file for i in result.issues if i.code == "path-escape"}
+    ctx = Context(result.path, result, PolicyCache(), escaped=escaped)
+    _base(ctx, "size")
+    return ctx.ran
+
+
+def _base(ctx: Context, mode: str) -> None:
     from piperctl.checkpoints.adapters import base_problems, read_base_ref
 
     ctx.ran.add("base")
@@ -403,5 +417,5 @@ def _check_base(ctx: Context) -> None:
         ctx.add("base", e.code or "base-invalid", e.message, fmt.BASE_REF)
         return
     if ref is not None:
-        for p in base_problems(ref):
+        for p in base_problems(ref, mode):
             ctx.add("base", p.code, p.message, fmt.BASE_REF)

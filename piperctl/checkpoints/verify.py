@@ -147,6 +147,10 @@ def verify_paths(paths: Sequence[Path], *, quick: bool = False, progress: bool =
     for r in reports:
         r.ran |= _QUICK
     if quick:
+        from piperctl.checkpoints.deep_checks import check_base_sizes
+
+        for r in reports:  # a fine-tuning checkpoint's base: there, with its files' sizes
+            r.ran |= check_base_sizes(r.result)
         return reports
     from concurrent.futures import ThreadPoolExecutor
 

@@ -147,5 +147,7 @@ def rebuild(cfg_policy: Any, ref: BaseRef, device: str) -> Any:
     from piperctl.checkpoints.adapters import require_base
     from piperctl.checkpoints.model import build_finetuned
 
-    base = require_base(ref)
+    # The base files are hashed only when they are not the very files hashed when the run started
+    # (a multi-GB base on every resume otherwise); `checkpoints verify` always hashes them.
+    base = require_base(ref, mode="unchanged")
     return build_finetuned(cfg_policy, ref, base / fmt.LEROBOT_WEIGHTS).to(device)

@@ -1,0 +1,123 @@
+"""π0, π0.5 (and π0-FAST) through lerobot's factory and processors, with tiny offline PaliGemma models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from piperctl import checkpoints as ckpt
+from tests.conftest import assert_same_weights, losses, policy_opt_args, python_exe, run_cli
+from tests.pi_models import build_paligemma_tokenizer, install, subprocess_code, tiny_pi
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = {"steps": 4, "batch_size": 2, "save_every": 2, "num_workers": 0, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """PaliGemma's tokenizer as a tiny local one, with lerobot's π models made tiny for this module."""
+    tok = build_paligemma_tokenizer(tmp_path_factory.mktemp("paligemma") / "tokenizer")
+    with pytest.MonkeyPatch.context() as mp:
+        install(tok, mp.setattr)
+        yield tok
+
+
+def _train_args(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> list[str]:
+    args = [
+        "train",
+        "--output-dir",
+        run,
+        "--dataset-root",
+        ds,
+        "--dataset-id",
+        "local/tiny",
+        "--policy",
+        policy,
+    ]
+    for k, v in {**RUN, **overrides}.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    return [*map(str, args), *policy_opt_args(tiny_pi(policy, tok))]
+
+
+def _train(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> Path:
+    from piperctl import train
+
+    opts = {**RUN, "val_episodes": None, **overrides}
+    train(
+        run,
+        dataset_id="local/tiny",
+        dataset_root=str(ds),
+        policy=policy,
+        policy_options=tiny_pi(policy, tok),
+        **opts,
+    )
+    return run
+
+
+def _act_with_export(export: Path, ds_root: Path) -> torch.Tensor:
+    """lerobot loads `export` (as lerobot-rollout --policy.path= does) and acts on a recorded frame."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    cfg = PreTrainedConfig.from_pretrained(export)
+    cfg.pretrained_path = export
+    ds = LeRobotDataset("local/tiny", root=ds_root)
+    policy = make_policy(cfg, ds_meta=ds.meta)
+    pre, post = make_pre_post_processors(cfg, pretrained_path=str(export))
+    frame = ds[0]
+    batch = {k: v for k, v in frame.items() if k.startswith("observation.")} | {"task": frame["task"]}
+    with torch.no_grad():
+        action = post(policy.select_action(pre(batch)))
+    assert tuple(action.shape) == (1, ds.meta.features["action"]["shape"][0]) and action.isfinite().all()
+    return action
+
+
+@pytest.mark.train
+def test_a_killed_pi05_run_resumes_bit_exactly_verifies_and_exports(
+    tmp_path: Path, tiny_cam_ds: Path, tokenizer: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = _train(tmp_path / "reference", tiny_cam_ds, "pi05", tokenizer)
+    run = tmp_path / "run"
+    # The SIGKILLed process needs the same tiny models: it installs them before running piperctl.
+    code = subprocess_code(tokenizer, _train_args(run, tiny_cam_ds, "pi05", tokenizer))
+    env = {**os.environ, "PIPERCTL_FAULT": "after-save:2"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    res = subprocess.run([python_exe(), "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not (run / "checkpoint-4").exists()
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
+    assert losses(run) == losses(reference) and len(losses(run)) == 4
+    assert_same_weights(run, reference)
+    assert_same_weights(run / "checkpoint-4", reference / "checkpoint-4")
+    code, out, err = run_cli(["checkpoints", "verify", run, "--json"], capsys)
+    assert code == 0, out + err
+    export = tmp_path / "export"
+    code, _, err = run_cli(["export", run, export, "--final"], capsys)
+    assert code == 0, err
+    assert json.loads((export / ckpt.POLICY_CONFIG).read_text())["type"] == "pi05"
+    _act_with_export(export, tiny_cam_ds)
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("policy", ["pi0", "pi0_fast"])
+def test_a_tiny_pi_model_trains_verifies_and_its_export_loads_in_lerobot(
+    tmp_path: Path, tiny_cam_ds: Path, tokenizer: Path, policy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _train(tmp_path / "run", tiny_cam_ds, policy, tokenizer, steps=2)
+    assert ckpt.check_checkpoint(run / "checkpoint-2").ok
+    code, out, err = run_cli(["checkpoints", "verify", run, "--json"], capsys)
+    assert code == 0, out + err
+    export = tmp_path / "export"
+    code, _, err = run_cli(["export", run, export, "--final"], capsys)
+    assert code == 0, err
+    assert json.loads((export / ckpt.POLICY_CONFIG).read_text())["type"] == policy
+    _act_with_export(export, tiny_cam_ds)
