@@ -229,17 +229,27 @@ def piperctl_cli(
 
 
 def piperctl_start(
-    args: list, env: dict | None = None, *, without_dac: bool = False, new_process_group: bool = False
+    args: list,
+    env: dict | None = None,
+    *,
+    without_dac: bool = False,
+    new_process_group: bool = False,
+    setup: tuple | None = None,
 ):
     """Start `piperctl ARGS` in a process forked from the preloaded server; `.wait(timeout)` ends it.
 
     `without_dac`: as root, but without the capabilities that let root ignore file permissions.
-    `new_process_group`: in a process group of its own (its pid), as a shell starts a job."""
+    `new_process_group`: in a process group of its own (its pid), as a shell starts a job.
+    `setup`: (function, args) called in the new process first (a module-level function)."""
     from tests import forked_cli
 
     env_ = {k: str(v) for k, v in (env or {}).items()}
     return forked_cli.ForkedRun(
-        [str(a) for a in args], env_, without_dac=without_dac, new_process_group=new_process_group
+        [str(a) for a in args],
+        env_,
+        without_dac=without_dac,
+        new_process_group=new_process_group,
+        setup=setup,
     )
 
 

@@ -22,6 +22,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 # The server preloads this module: these imports are its point (lerobot's are what a run needs first).
 import lerobot.datasets.lerobot_dataset  # noqa: F401
@@ -53,6 +55,7 @@ class ForkedRun:
         *,
         without_dac: bool = False,
         new_process_group: bool = False,
+        setup: tuple[Callable[..., Any], tuple] | None = None,
     ) -> None:
         self.args = args
         self._tmp = tempfile.TemporaryDirectory(prefix="piperctl-cli-")
@@ -65,6 +68,7 @@ class ForkedRun:
             self._err,
             without_dac,
             new_process_group,
+            setup,
         )
         self._proc = _server().Process(target=_child, args=child_args)
         self._proc.start()
@@ -121,7 +125,14 @@ def _drop_dac_capabilities() -> None:
 
 
 def _child(
-    args: list[str], env: dict[str, str], cwd: str, out: str, err: str, without_dac: bool, new_group: bool
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    out: str,
+    err: str,
+    without_dac: bool,
+    new_group: bool,
+    setup: tuple[Callable[..., Any], tuple] | None,
 ) -> None:
     """The forked process: look like a fresh `piperctl ARGS`, run it, exit with its code."""
     import atexit
@@ -149,6 +160,8 @@ def _child(
             _drop_dac_capabilities()
         if new_group:  # like a shell job: a signal to the group reaches this run and its children only
             os.setpgrp()
+        if setup is not None:  # what a test installs in its own process too (tiny models, say)
+            setup[0](*setup[1])
         sys.argv = ["piperctl", *args]
         from piperctl.cli import main
 

@@ -8,7 +8,7 @@ the two model classes (shrinking the vocabulary and vision tower they are built 
 tokenizer lookup of the one Hub id. Everything else (lerobot's factory, processors, training
 forward, `from_pretrained`, `select_action`) runs unchanged.
 
-A `piperctl` subprocess gets the same patch by running `python -c` with `subprocess_code(...)`.
+A `piperctl` process started for a test gets the same patch: `piperctl_start(..., setup=(install, (tokenizer,)))`.
 """
 
 from __future__ import annotations
@@ -149,15 +149,6 @@ def install(tokenizer: Path, setattr_: Callable[[Any, str, Any], None] = setattr
 
     for mod in (tokenizer_processor, importlib.import_module("lerobot.policies.pi0_fast.modeling_pi0_fast")):
         setattr_(mod, "AutoProcessor", LocalProcessor)
-
-
-def subprocess_code(tokenizer: Path, argv: list[str]) -> str:
-    """`python -c` code that installs the tiny π models, then runs `piperctl ARGV` (for SIGKILL tests)."""
-    return (
-        "from tests.pi_models import install; from pathlib import Path; "
-        f"install(Path({str(tokenizer)!r})); "
-        f"from piperctl.cli import main; main({[str(a) for a in argv]!r})"
-    )
 
 
 def tiny_pi(policy: str, tokenizer: Path) -> dict:

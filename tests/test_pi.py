@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +11,9 @@ import pytest
 import torch
 
 from piperctl import checkpoints as ckpt
-from tests.conftest import assert_same_weights, losses, policy_opt_args, python_exe, run_cli
-from tests.pi_models import build_paligemma_tokenizer, install, subprocess_code, tiny_pi
+from tests.conftest import assert_same_weights, losses, piperctl_start, policy_opt_args, run_cli
+from tests.pi_models import build_paligemma_tokenizer, install, tiny_pi
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN = {"steps": 4, "batch_size": 2, "save_every": 2, "num_workers": 0, "seed": 5}
 
 
@@ -87,10 +84,8 @@ def test_a_killed_pi05_run_resumes_bit_exactly_verifies_and_exports(
     reference = _train(tmp_path / "reference", tiny_cam_ds, "pi05", tokenizer)
     run = tmp_path / "run"
     # The SIGKILLed process needs the same tiny models: it installs them before running piperctl.
-    code = subprocess_code(tokenizer, _train_args(run, tiny_cam_ds, "pi05", tokenizer))
-    env = {**os.environ, "PIPERCTL_FAULT": "after-save:2"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    res = subprocess.run([python_exe(), "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    args = _train_args(run, tiny_cam_ds, "pi05", tokenizer)
+    res = piperctl_start(args, {"PIPERCTL_FAULT": "after-save:2"}, setup=(install, (tokenizer,))).wait(300)
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert not (run / "checkpoint-4").exists()
     code, _, err = run_cli(["resume", run], capsys)
