@@ -75,3 +75,17 @@ def test_splits_from_python_api(tmp_path: Path) -> None:
         root, splits={"train": [0, 1, 2], "val": [2, 3]}, progress=False
     ).run_all_tests()
     assert report.check("split_leakage").episodes == [2]
+
+
+def test_the_report_reads_on_an_80_column_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five columns in 80 squeezed each summary to a word per line: narrow terminals get one check per paragraph."""
+    monkeypatch.setenv("COLUMNS", "80")
+    root = write(tmp_path / "ds", set_rows(frames(), "timestamp", [60], [0.0]))
+    tester = DatasetLeakageTester(str(root), progress=False)
+    buf = io.StringIO()
+    tester.print_report(console=Console(file=buf, width=80))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    timestamps = next(i for i, line in enumerate(lines) if "Timestamps" in line)
+    assert lines[timestamps].startswith("FAIL  Timestamps (1 episode: 1)"), lines[timestamps]
+    assert lines[timestamps + 1].startswith("      ") and len(lines[timestamps + 1].split()) > 3

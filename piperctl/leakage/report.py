@@ -7,7 +7,9 @@ import os
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from piperctl.leakage.result import CheckResult, CollectionReport, LeakageReport, ids_text
 
@@ -77,7 +79,14 @@ def print_any(report: LeakageReport | CollectionReport, console: Console | None 
         print_report(report, console)
 
 
+# Below this width the five columns squeeze the summary to a word per line: one check per paragraph.
+_TABLE_MIN_WIDTH = 100
+
+
 def _print_table(console: Console, title: str, checks: list[CheckResult]) -> None:
+    if console.width < _TABLE_MIN_WIDTH:
+        _print_list(console, title, checks)
+        return
     # Dataset paths, dimension names like `state[joint_4.pos]` and messages are not Rich markup.
     table = Table(title=escape(title), title_justify="left", show_lines=False)
     table.add_column("check", no_wrap=True)
@@ -95,6 +104,19 @@ def _print_table(console: Console, title: str, checks: list[CheckResult]) -> Non
             escape(c.summary),
         )
     console.print(table)
+
+
+def _print_list(console: Console, title: str, checks: list[CheckResult]) -> None:
+    """The table's content for a narrow terminal: status and check on one line, the summary below."""
+    console.print(Text(title))
+    for c in checks:
+        line = Text.assemble((f"{c.status.upper():<5}", _STYLE[c.status]), " ", c.title)
+        if c.count:
+            noun = "episode" if c.count == 1 else "episodes"
+            line.append(f" ({c.count} {noun}" + (f": {ids_text(c.episodes, 6)})" if c.episodes else ")"))
+        console.print(line)
+        if c.summary:
+            console.print(Padding(Text(c.summary, style="dim"), (0, 0, 0, 6)))
 
 
 def to_json(report: LeakageReport | CollectionReport) -> str:
