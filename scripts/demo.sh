@@ -16,7 +16,7 @@ EXPORT="$DEMO_DIR/export"
 mkdir -p "$DEMO_DIR"
 rm -rf "$RUN" "$PLOTS" "$EXPORT"  # the demo's own previous outputs; nothing else is touched
 
-echo "== 1. synthesize a PiPER pick-and-place dataset with two cameras ($DATA)"
+echo "== 1. synthesize a PiPER pick-and-place dataset, two cameras: $DATA"
 "$PIPERCTL" dataset synth "$DATA" --episodes 12 --frames 60:90 --seed 0 --force
 
 echo "== 2. scan it for leakage and integrity faults"
@@ -47,10 +47,11 @@ echo "== 5. list and verify the run's checkpoints"
 
 echo "== 6. evaluate it open-loop on the held-out episodes, beside 'hold' and 'repeat'"
 "$PIPERCTL" eval "$RUN" --dataset-root "$DATA" --plots "$PLOTS" --report "$DEMO_DIR/eval.json"
-echo "(A $STEPS-step CPU run checks the pipeline; it is not a trained policy. 'hold' = stay"
-echo " where the arm is, a strong baseline at 30 fps. On these 10 training episodes the"
-echo " error stops falling at 6.5x hold's after ~1,000 steps; beating hold takes more"
-echo " recordings: see 'Reading the verdict' in docs/export-eval.md.)"
+echo "(A $STEPS-step CPU run checks the pipeline; it is not a trained policy."
+echo " 'hold' = stay where the arm is, a strong baseline at 30 fps. On these 10"
+echo " training episodes the error stops falling at 6.5x hold's after ~1,000 steps;"
+echo " beating hold takes more recordings: see 'Reading the verdict' in"
+echo " docs/export-eval.md.)"
 
 echo "== 7. export it in lerobot's layout (best checkpoint, model card with the eval)"
 "$PIPERCTL" export "$RUN" "$EXPORT" --eval-report "$DEMO_DIR/eval.json"
@@ -58,8 +59,8 @@ echo "== 7. export it in lerobot's layout (best checkpoint, model card with the 
 
 echo
 echo "demo dataset : $DATA"
-echo "trained run  : $RUN (checkpoints, pretrained_model/, metrics, loss curve)"
-echo "eval report  : $DEMO_DIR/eval.json; plots per joint in $PLOTS"
+echo "trained run  : $RUN (checkpoints, final model, metrics)"
+echo "eval report  : $DEMO_DIR/eval.json, plots in $PLOTS"
 echo "export       : $EXPORT"
 echo "  load it with PreTrainedPolicy.from_pretrained('$EXPORT')"
 echo "  or run it with lerobot-rollout --policy.path=$EXPORT"
