@@ -182,38 +182,12 @@ def test_main_process_killed_while_saving_then_resumed_matches_uninterrupted_run
 @pytest.mark.train
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigterm_on_one_rank_stops_all_with_one_checkpoint_then_resumes_in_one_process(
-    tmp_path: Path, ds: Path, ref2: Path, capsys: pytest.CaptureFixture[str]
+def test_world_size_changes_both_ways_and_a_sigterm_on_one_rank_stops_all(
+    tmp_path: Path, ds: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl.training import resume
-
-    run = tmp_path / "run"
-    # Only rank 1 gets SIGTERM (after step 1): both must stop there, with one checkpoint, one message.
-    res = _piperctl([*_train_args(run, ds), "--num-processes", "2"], env={"PIPERCTL_FAULT": "sigterm:1@1"})
-    assert res.returncode == 128 + signal.SIGTERM, res.stderr[-3000:]
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.stderr.count("continue with: piperctl resume") == 1, res.stderr[-3000:]
-    assert f"piperctl resume {run / 'checkpoint-1'} --num-processes 2" in res.stderr
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-1"] and _no_tmp(run)
-    assert ckpt.check_checkpoint(run / "checkpoint-1").ok
-    assert losses(run) == losses(ref2)[:1]
-
-    capsys.readouterr()
-    result = resume(run / "checkpoint-1", steps=2)  # one process now
-    err = capsys.readouterr().err
-    assert "world size changed" in err and "effective batch 8 -> 4" in err and "from sample 8" in err
-    state = _state(run / "checkpoint-2")
-    assert result.step == 2 and state["world_size"] == 1 and state["effective_batch_size"] == BATCH
-    assert state["samples_seen"] == 2 * BATCH + BATCH  # continued from the same sample count
-    assert [t["world_size"] for t in state["topology"]] == [2, 1]
-    assert [t["from_step"] for t in state["topology"]] == [0, 1]
-
-
-@pytest.mark.train
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_one_process_checkpoint_resumes_in_two_processes(tmp_path: Path, ds: Path) -> None:
+    """1 process -> 2 (stopped by a SIGTERM that only rank 1 gets) -> 1, each from the same sample."""
     from piperctl import train
+    from piperctl.training import resume
 
     run = tmp_path / "run"
     opts = {k: v for k, v in BASE.items() if k != "device"}
@@ -225,16 +199,33 @@ def test_one_process_checkpoint_resumes_in_two_processes(tmp_path: Path, ds: Pat
         **{**opts, "steps": 1, "save_every": 1},
     )
     assert _state(run / "checkpoint-1")["world_size"] == 1
+
+    # Two processes now; only rank 1 gets SIGTERM (after step 2): both stop there, one checkpoint, one message.
     res = _piperctl(
-        ["resume", run / "checkpoint-1", "--steps", "2", "--num-processes", "2", "--device", "cpu"]
+        ["resume", run / "checkpoint-1", "--steps", "3", "--num-processes", "2", "--device", "cpu"],
+        env={"PIPERCTL_FAULT": "sigterm:2@1"},
     )
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr[-3000:]
     assert "world size changed" in res.stderr and "rank 1: no saved random state" in res.stderr
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("continue with: piperctl resume") == 1, res.stderr[-3000:]
+    assert f"piperctl resume {run / 'checkpoint-2'} --num-processes 2" in res.stderr
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-1", "checkpoint-2"] and _no_tmp(run)
+    assert ckpt.check_checkpoint(run / "checkpoint-2").ok
     state = _state(run / "checkpoint-2")
     assert state["world_size"] == 2 and state["samples_seen"] == BATCH + 2 * BATCH
     assert state["data"]["offset"] == BATCH + 2 * BATCH
     assert json.loads((run / "checkpoint-2" / ckpt.RNG_STATE_JSON).read_text())["world_size"] == 2
-    assert ckpt.check_checkpoint(run / "checkpoint-2").ok
+
+    capsys.readouterr()
+    result = resume(run / "checkpoint-2", steps=3)  # one process again
+    err = capsys.readouterr().err
+    assert "world size changed" in err and "effective batch 8 -> 4" in err and "from sample 12" in err
+    state = _state(run / "checkpoint-3")
+    assert result.step == 3 and state["world_size"] == 1 and state["effective_batch_size"] == BATCH
+    assert state["samples_seen"] == BATCH + 2 * BATCH + BATCH  # continued from the same sample count
+    assert [t["world_size"] for t in state["topology"]] == [1, 2, 1]
+    assert [t["from_step"] for t in state["topology"]] == [0, 1, 2]
 
 
 @pytest.mark.slow
