@@ -253,10 +253,36 @@ def piperctl_start(
     )
 
 
+def train_command(run: Path, ds: Path, policy: str, options: dict, policy_options: dict) -> list[str]:
+    """`piperctl train` of `policy` on the local dataset `ds`: OPTIONS as flags (None left out)."""
+    args: list = ["train", "--output-dir", run, "--dataset-root", ds, "--dataset-id", "local/tiny"]
+    args += ["--policy", policy]
+    for k, v in options.items():
+        if v is not None:
+            args += [f"--{k.replace('_', '-')}", v]
+    return [*map(str, args), *policy_opt_args(policy_options)]
+
+
 def train_args(run: Path, ds: Path, **overrides: Any) -> list[str]:
     """The `piperctl train` command line of a tiny ACT run (TRAIN_BASE options unless overridden)."""
-    opts = {**TRAIN_BASE, **overrides}
-    args = ["train", "--output-dir", run, "--dataset-root", ds, "--dataset-id", "local/tiny"]
-    for k, v in opts.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return [*map(str, args), *policy_opt_args(TINY_ACT)]
+    return train_command(run, ds, "act", {**TRAIN_BASE, **overrides}, TINY_ACT)
+
+
+def act_with_export(export: Path, ds_root: Path) -> Any:
+    """lerobot loads `export` (as lerobot-rollout --policy.path= does) and acts on a recorded frame."""
+    import torch
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    cfg = PreTrainedConfig.from_pretrained(export)
+    cfg.pretrained_path = export
+    ds = LeRobotDataset("local/tiny", root=ds_root)
+    policy = make_policy(cfg, ds_meta=ds.meta)
+    pre, post = make_pre_post_processors(cfg, pretrained_path=str(export))
+    frame = ds[0]
+    batch = {k: v for k, v in frame.items() if k.startswith("observation.")} | {"task": frame["task"]}
+    with torch.no_grad():
+        action = post(policy.select_action(pre(batch)))
+    assert tuple(action.shape) == (1, ds.meta.features["action"]["shape"][0]) and action.isfinite().all()
+    return action

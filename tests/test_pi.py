@@ -8,10 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from piperctl import checkpoints as ckpt
-from tests.conftest import assert_same_weights, losses, piperctl_start, policy_opt_args, run_cli
+from tests.conftest import (
+    act_with_export,
+    assert_same_weights,
+    losses,
+    piperctl_start,
+    run_cli,
+    train_command,
+)
 from tests.pi_models import build_paligemma_tokenizer, install, tiny_pi
 
 RUN = {"steps": 4, "batch_size": 2, "save_every": 2, "num_workers": 0, "seed": 5}
@@ -27,20 +33,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _train_args(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> list[str]:
-    args = [
-        "train",
-        "--output-dir",
-        run,
-        "--dataset-root",
-        ds,
-        "--dataset-id",
-        "local/tiny",
-        "--policy",
-        policy,
-    ]
-    for k, v in {**RUN, **overrides}.items():
-        args += [f"--{k.replace('_', '-')}", v]
-    return [*map(str, args), *policy_opt_args(tiny_pi(policy, tok))]
+    return train_command(run, ds, policy, {**RUN, **overrides}, tiny_pi(policy, tok))
 
 
 def _train(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> Path:
@@ -56,25 +49,6 @@ def _train(run: Path, ds: Path, policy: str, tok: Path, **overrides: object) -> 
         **opts,
     )
     return run
-
-
-def _act_with_export(export: Path, ds_root: Path) -> torch.Tensor:
-    """lerobot loads `export` (as lerobot-rollout --policy.path= does) and acts on a recorded frame."""
-    from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.policies.factory import make_policy, make_pre_post_processors
-
-    cfg = PreTrainedConfig.from_pretrained(export)
-    cfg.pretrained_path = export
-    ds = LeRobotDataset("local/tiny", root=ds_root)
-    policy = make_policy(cfg, ds_meta=ds.meta)
-    pre, post = make_pre_post_processors(cfg, pretrained_path=str(export))
-    frame = ds[0]
-    batch = {k: v for k, v in frame.items() if k.startswith("observation.")} | {"task": frame["task"]}
-    with torch.no_grad():
-        action = post(policy.select_action(pre(batch)))
-    assert tuple(action.shape) == (1, ds.meta.features["action"]["shape"][0]) and action.isfinite().all()
-    return action
 
 
 @pytest.mark.train
@@ -99,7 +73,7 @@ def test_a_killed_pi05_run_resumes_bit_exactly_verifies_and_exports(
     code, _, err = run_cli(["export", run, export, "--final"], capsys)
     assert code == 0, err
     assert json.loads((export / ckpt.POLICY_CONFIG).read_text())["type"] == "pi05"
-    _act_with_export(export, tiny_cam_ds)
+    act_with_export(export, tiny_cam_ds)
 
 
 @pytest.mark.train
@@ -115,4 +89,4 @@ def test_a_tiny_pi_model_trains_verifies_and_its_export_loads_in_lerobot(
     code, _, err = run_cli(["export", run, export, "--final"], capsys)
     assert code == 0, err
     assert json.loads((export / ckpt.POLICY_CONFIG).read_text())["type"] == policy
-    _act_with_export(export, tiny_cam_ds)
+    act_with_export(export, tiny_cam_ds)

@@ -7,16 +7,16 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from piperctl import checkpoints as ckpt
 from tests.conftest import (
+    act_with_export,
     assert_same_weights,
     losses,
     one_error_line,
     piperctl_cli,
-    policy_opt_args,
     run_cli,
+    train_command,
 )
 from tests.vla_models import build_smolvlm, tiny_smolvla
 
@@ -30,21 +30,7 @@ def vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(run: Path, ds: Path, vlm: Path) -> list[str]:
-    args = [
-        "train",
-        "--output-dir",
-        run,
-        "--dataset-root",
-        ds,
-        "--dataset-id",
-        "local/tiny",
-        "--policy",
-        "smolvla",
-    ]
-    for k, v in RUN.items():
-        if v is not None:
-            args += [f"--{k.replace('_', '-')}", v]
-    return [*map(str, args), *policy_opt_args(tiny_smolvla(vlm))]
+    return train_command(run, ds, "smolvla", RUN, tiny_smolvla(vlm))
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +49,6 @@ def smolvla_run(tmp_path_factory: pytest.TempPathFactory, tiny_cam_ds: Path, vlm
 def test_a_killed_smolvla_run_resumes_bit_exactly_verifies_and_exports(
     tmp_path: Path, tiny_cam_ds: Path, vlm: Path, smolvla_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.policies.factory import make_policy, make_pre_post_processors
 
     run = tmp_path / "run"
     res = piperctl_cli(_args(run, tiny_cam_ds, vlm), env={"PIPERCTL_FAULT": "after-save:2"})
@@ -80,17 +63,7 @@ def test_a_killed_smolvla_run_resumes_bit_exactly_verifies_and_exports(
     export = tmp_path / "export"
     code, _, err = run_cli(["export", run, export, "--final"], capsys)
     assert code == 0, err
-    # lerobot loads the export (as lerobot-rollout --policy.path= does) and acts on a recorded frame.
-    cfg = PreTrainedConfig.from_pretrained(export)
-    cfg.pretrained_path = export
-    ds = LeRobotDataset("local/tiny", root=tiny_cam_ds)
-    policy = make_policy(cfg, ds_meta=ds.meta)
-    pre, post = make_pre_post_processors(cfg, pretrained_path=str(export))
-    frame = ds[0]
-    batch = {k: v for k, v in frame.items() if k.startswith("observation.")} | {"task": frame["task"]}
-    with torch.no_grad():
-        action = post(policy.select_action(pre(batch)))
-    assert tuple(action.shape) == (1, ds.meta.features["action"]["shape"][0])
+    act_with_export(export, tiny_cam_ds)
     assert json.loads((export / ckpt.POLICY_CONFIG).read_text())["type"] == "smolvla"
 
 
