@@ -104,3 +104,41 @@ def test_lerobot_home_honours_xdg_cache_home_like_lerobot(tmp_path: Path) -> Non
 def test_hf_lerobot_home_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lr"))
     assert hub.lerobot_home() == tmp_path / "lr"
+
+
+def test_a_hub_dataset_never_downloads_the_cameras_left_out(
+    synth_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--cameras front` on a Hub id: the wrist videos are never fetched (lerobot would fetch every camera)."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+    import lerobot.datasets.dataset_metadata as lerobot_metadata
+
+    from piperctl.training import data
+
+    repo_id = "someone/piper_two_cams"
+    home = tmp_path / "lerobot_home"  # lerobot's home (computed when lerobot was imported), moved here
+    monkeypatch.setattr(lerobot_metadata, "HF_LEROBOT_HOME", home)
+    shutil.copytree(synth_dataset / "meta", home / repo_id / "meta")  # the metadata as lerobot caches it
+    asked: list[list[str]] = []
+
+    def fake_snapshot_download(repo: str, *, allow_patterns: list[str], **kw: object) -> str:
+        """The Hub, played by the synthesized folder: the files that match `allow_patterns`, nothing else."""
+        assert repo == repo_id and kw["repo_type"] == "dataset"
+        asked.append(allow_patterns)
+        snapshot = tmp_path / "snapshot"
+        for f in synth_dataset.rglob("*"):
+            rel = f.relative_to(synth_dataset).as_posix()
+            if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, snapshot / rel)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    ds = data.open_dataset(repo_id, None, None, drop=["observation.images.wrist"])
+    assert asked == [["meta/**", "data/**", "videos/observation.images.front/**"]]
+    assert not (tmp_path / "snapshot" / "videos" / "observation.images.wrist").exists()
+    assert "observation.images.wrist" not in ds.meta.features
+    assert ds[0]["observation.images.front"].shape[0] == 3

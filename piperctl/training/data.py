@@ -126,6 +126,34 @@ def _view_without(root: Path, keys: list[str]) -> Path:
     return view
 
 
+def _hub_without(dataset_id: str, revision: str | None, drop: list[str]) -> Path | None:
+    """A Hub dataset downloaded without the cameras in `drop`, as a folder that leaves them out.
+
+    lerobot downloads every camera's videos; a camera left out with --cameras is never fetched.
+    None when nothing dropped is a video (lerobot then downloads and reads the dataset itself).
+    """
+    from huggingface_hub import snapshot_download
+    from lerobot.utils.constants import HF_LEROBOT_HUB_CACHE
+
+    meta = open_metadata(dataset_id, None, revision)  # meta/ only
+    videos = [k for k in drop if meta.features.get(k, {}).get("dtype") == "video"]
+    if not videos:
+        return None
+    keep = [f"videos/{k}/**" for k in meta.video_keys if k not in videos]
+    try:
+        # lerobot's own revision-safe snapshot cache, with only the files this run reads.
+        snapshot = snapshot_download(
+            dataset_id,
+            repo_type="dataset",
+            revision=meta.revision,
+            cache_dir=HF_LEROBOT_HUB_CACHE,
+            allow_patterns=["meta/**", "data/**", *keep],
+        )
+    except Exception as e:  # noqa: BLE001 - hub/offline/network errors come in many types
+        raise PiperctlError(f"cannot download Hub dataset {dataset_id}: {first_line(e)}") from e
+    return _view_without(Path(snapshot), videos)
+
+
 def check_data_files(root: Path) -> None:
     """Refuse, naming the file, a data parquet file that is truncated, unreadable or holds no rows.
 
@@ -179,6 +207,8 @@ def open_dataset(
         info = json.loads((Path(root) / "meta" / "info.json").read_text(encoding="utf-8"))
         videos = [k for k in drop or [] if info["features"].get(k, {}).get("dtype") == "video"]
         read_from = _view_without(Path(root), videos) if videos else lerobot_root(Path(root))
+    elif drop:
+        read_from = _hub_without(dataset_id, revision, drop)
     try:
         return LeRobotDataset(
             dataset_id,
