@@ -253,6 +253,27 @@ def piperctl_start(
     )
 
 
+def hide_package(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make `name` look uninstalled to importlib.util.find_spec (how piperctl checks optional extras)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else real(n, *a))
+
+
+def resume_matches(run: Path, reference: Path, capsys: pytest.CaptureFixture[str], *checkpoints: str) -> str:
+    """`piperctl resume RUN` in this process ends as the uninterrupted `reference` did; returns its stderr.
+
+    Same losses at every step, same final weights, and the same weights in each named checkpoint."""
+    code, _, err = run_cli(["resume", run], capsys)
+    assert code == 0, err
+    assert losses(run) == losses(reference)
+    assert_same_weights(run, reference)
+    for name in checkpoints:
+        assert_same_weights(run / name, reference / name)
+    return err
+
+
 def train_command(run: Path, ds: Path, policy: str, options: dict, policy_options: dict) -> list[str]:
     """`piperctl train` of `policy` on the local dataset `ds`: OPTIONS as flags (None left out)."""
     args: list = ["train", "--output-dir", run, "--dataset-root", ds, "--dataset-id", "local/tiny"]

@@ -12,12 +12,11 @@ import pytest
 from piperctl.checkpoints import format as ckpt
 from tests.conftest import (
     TINY_ACT,
-    assert_same_weights,
-    losses,
     metric_rows,
     one_error_line,
     piperctl_cli,
     policy_opt_args,
+    resume_matches,
     run_cli,
 )
 
@@ -130,11 +129,7 @@ def test_sigkill_then_resume_over_two_datasets_is_bit_exact(
     head = [ln for ln in res.stderr.splitlines() if ln.startswith("dataset ")]
     assert head[0].startswith("dataset 1/2 day1: 3 episodes (2 train / 1 val)") and "30 fps" in head[0]
     assert "joints in degrees" in head[1] and "converted: joints to radians" in head[1], head
-    code, _, err = run_cli(["resume", run], capsys)
-    assert code == 0, err
-    assert losses(run) == losses(mixed_run)
-    assert_same_weights(run, mixed_run)
-    assert_same_weights(run / "checkpoint-4", mixed_run / "checkpoint-4")
+    resume_matches(run, mixed_run, capsys, "checkpoint-4")
     code, _, err = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, err
 

@@ -17,6 +17,7 @@ from piperctl.checkpoints.integrity import sha256_file
 from tests.conftest import (
     assert_same_optimizer_state,
     assert_same_weights,
+    hide_package,
     losses,
     one_error_line,
     piperctl_cli,
@@ -283,12 +284,7 @@ def test_act_needs_target_modules_and_a_lerobot_layout_base(
 def test_a_missing_peft_is_one_line_naming_the_extra(
     tmp_path: Path, tiny_ds: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a)
-    )
+    hide_package(monkeypatch, "peft")
     args = [*train_args(tmp_path / "run", tiny_ds), "--peft", "lora", "--init-from", tmp_path]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "pip install 'piperctl[vla]'" in one_error_line(err, after_logs=True)

@@ -25,6 +25,7 @@ from tests.conftest import (
     one_error_line,
     piperctl_cli,
     piperctl_start,
+    resume_matches,
     run_cli,
     train_args,
     train_tiny,
@@ -89,11 +90,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-4"]
     # The killed process is the point; the resume can run in this one (a fresh start from disk).
-    code, _, err = run_cli(["resume", run], capsys)
-    assert code == 0, err
-    assert losses(run) == losses(reference_run)
-    assert_same_weights(run, reference_run)
-    assert_same_weights(run / "checkpoint-8", reference_run / "checkpoint-8")
+    resume_matches(run, reference_run, capsys, "checkpoint-8")
     assert_same_optimizer_state(run / "checkpoint-8", reference_run / "checkpoint-8")
 
 

@@ -17,6 +17,7 @@ from tests.conftest import (
     losses,
     one_error_line,
     piperctl_cli,
+    resume_matches,
     run_cli,
     train_args,
     train_tiny,
@@ -55,10 +56,7 @@ def test_resume_is_exact_with(
     extra = [flag] if value is True else [flag, str(value)]
     res = piperctl_cli([*train_args(run, ds), *extra], env={"PIPERCTL_FAULT": fault})
     assert res.returncode == -signal.SIGKILL, res.stderr
-    code, _, err = run_cli(["resume", run], capsys)
-    assert code == 0, err
-    assert losses(run) == losses(ref)
-    assert_same_weights(run, ref)
+    resume_matches(run, ref, capsys)
     assert_same_optimizer_state(run / "checkpoint-8", ref / "checkpoint-8")
     state = _state(run / "checkpoint-8")
     # The option really changed training: not the fp32 / batch-4 / plain reference (the camera run has
@@ -191,10 +189,7 @@ def test_sigterm_with_a_background_save_in_flight_waits_for_it(
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
     assert ckpt.check_checkpoint(run / "checkpoint-4").ok
     assert not [p for p in run.iterdir() if p.name.startswith(ckpt.TMP_PREFIX)]
-    code, _, err = run_cli(["resume", run], capsys)
-    assert code == 0, err
-    assert losses(run) == losses(reference_run)
-    assert_same_weights(run, reference_run)
+    resume_matches(run, reference_run, capsys)
 
 
 @pytest.mark.train

@@ -11,10 +11,10 @@ import pytest
 from piperctl import checkpoints as ckpt
 from tests.conftest import (
     act_with_export,
-    assert_same_weights,
-    losses,
+    hide_package,
     one_error_line,
     piperctl_cli,
+    resume_matches,
     run_cli,
     train_command,
 )
@@ -53,11 +53,7 @@ def test_a_killed_smolvla_run_resumes_bit_exactly_verifies_and_exports(
     run = tmp_path / "run"
     res = piperctl_cli(_args(run, tiny_cam_ds, vlm), env={"PIPERCTL_FAULT": "after-save:2"})
     assert res.returncode == -signal.SIGKILL, res.stderr
-    code, _, err = run_cli(["resume", run], capsys)
-    assert code == 0, err
-    assert losses(run) == losses(smolvla_run)
-    assert_same_weights(run, smolvla_run)
-    assert_same_weights(run / "checkpoint-4", smolvla_run / "checkpoint-4")
+    resume_matches(run, smolvla_run, capsys, "checkpoint-4")
     code, out, err = run_cli(["checkpoints", "verify", run, "--json"], capsys)
     assert code == 0, out + err
     export = tmp_path / "export"
@@ -99,12 +95,7 @@ def test_a_vla_not_cached_offline_is_one_line_naming_the_model(
 def test_a_vla_without_transformers_is_one_line_naming_the_extra(
     tmp_path: Path, tiny_cam_ds: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
-    )
+    hide_package(monkeypatch, "transformers")
     args = ["train", "--output-dir", tmp_path / "run", "--dataset-root", tiny_cam_ds, "--policy", "pi05"]
     code, _, err = run_cli(args, capsys)
     line = one_error_line(err, after_logs=True)
