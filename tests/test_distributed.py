@@ -13,12 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from piperctl import checkpoints as ckpt
+from piperctl.training.launcher import FRESH_RANKS_VAR
 from tests.conftest import (
     TINY_ACT,
     assert_same_optimizer_state,
     assert_same_weights,
     losses,
     metric_rows,
+    piperctl_cli,
     python_exe,
     run_cli,
 )
@@ -55,14 +57,8 @@ def _train_args(run: Path, ds: Path, **overrides: object) -> list[str]:
 
 
 def _piperctl(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    exe = Path(python_exe()).with_name("piperctl")
-    return subprocess.run(
-        [str(exe), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **ENV, **(env or {})},
-        timeout=timeout,
-    )
+    """`piperctl ARGS` forked from the preloaded test server; its launcher then forks the ranks from itself."""
+    return piperctl_cli(args, {**ENV, **(env or {})}, timeout)
 
 
 def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -232,7 +228,9 @@ def test_world_size_changes_both_ways_and_a_sigterm_on_one_rank_stops_all(
 @pytest.mark.timeout(200)
 def test_an_error_every_rank_hits_is_printed_once(tmp_path: Path) -> None:
     # The dataset check fails inside setup, after the process group exists, on both ranks alike.
-    res = _piperctl([*_train_args(tmp_path / "run", tmp_path / "nowhere"), "--num-processes", "2"])
+    # Ranks as fresh interpreters here (as on a GPU machine); forked from the launcher elsewhere.
+    args = [*_train_args(tmp_path / "run", tmp_path / "nowhere"), "--num-processes", "2"]
+    res = _piperctl(args, env={FRESH_RANKS_VAR: "1"})
     lines = [ln for ln in res.stderr.splitlines() if "error:" in ln]
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
     assert lines[0].startswith("error:") and "not a LeRobot dataset" in lines[0]

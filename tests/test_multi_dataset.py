@@ -12,6 +12,8 @@ import pytest
 from piperctl.checkpoints import format as ckpt
 from tests.conftest import (
     TINY_ACT,
+    assert_same_weights,
+    losses,
     metric_rows,
     one_error_line,
     piperctl_cli,
@@ -132,6 +134,32 @@ def test_sigkill_then_resume_over_two_datasets_is_bit_exact(
     resume_matches(run, mixed_run, capsys, "checkpoint-4")
     code, _, err = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, err
+
+
+@pytest.mark.train
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_processes_over_two_datasets_resume_bit_exact_after_sigkill(
+    tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
+    """The order over several datasets is part of the exact state with several processes too."""
+    from piperctl.checkpoints import list_checkpoints
+
+    env = {"OMP_NUM_THREADS": "1"}  # the same arithmetic in every run compared
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    res = piperctl_cli([*mix_args(ref, pair), "--num-processes", "2"], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = piperctl_cli([*mix_args(run, pair), "--num-processes", "2"], {**env, "PIPERCTL_FAULT": "kill:3"})
+    assert res.returncode == 128 + signal.SIGKILL, res.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+    res = piperctl_cli(["resume", run, "--num-processes", "2"], env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert losses(run) == losses(ref)
+    assert_same_weights(run, ref)
+    assert_same_weights(run / "checkpoint-4", ref / "checkpoint-4")
+    state = json.loads((run / "checkpoint-4" / ckpt.TRAINING_STATE).read_text())
+    assert state["world_size"] == 2 and [d["name"] for d in state["datasets"]] == ["day1", "day2"]
+    assert state["samples_seen"] == 4 * 2 * MIX["batch_size"]
 
 
 @pytest.mark.train

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - older typer uses the click package
 from piperctl import __version__
 from piperctl.cli import evaluate, train
 from piperctl.cli.checkpoints import checkpoints_app
-from piperctl.cli.common import COMMAND, debug_enabled, set_debug, sub_app
+from piperctl.cli.common import COMMAND, MAIN_KEY, debug_enabled, set_debug, sub_app
 from piperctl.cli.dataset import dataset_app
 from piperctl.cli.help import MAX_WIDTH
 from piperctl.cli.leakage import leakage_app
@@ -49,6 +49,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
     ] = False,
@@ -56,6 +57,7 @@ def _root(
 ) -> None:
     """Train LeRobot policies on PiPER arm datasets, with checkpoints you can trust."""
     set_debug(debug_enabled() or debug)
+    ctx.meta[MAIN_KEY] = main
 
 
 app.command("train", **COMMAND)(train.train_cmd)

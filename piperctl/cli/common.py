@@ -14,6 +14,10 @@ from piperctl.cli.help import HelpCommand, HelpGroup
 COMMAND: dict[str, Any] = {"cls": HelpCommand}
 
 
+# Where the root callback leaves piperctl's entry point for commands that run it again (forked ranks).
+MAIN_KEY = "piperctl.main"
+
+
 def sub_app(**kwargs: Any) -> typer.Typer:
     """A Typer group of piperctl sub-commands (help on bare call, piperctl's --help layout)."""
     kwargs.setdefault("cls", HelpGroup)

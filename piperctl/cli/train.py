@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from piperctl.cli.common import debug_enabled
+from piperctl.cli.common import MAIN_KEY, debug_enabled
 from piperctl.training.config import TrainConfig
 
 _RESUME_HELP = "Options that may change on resume"
@@ -41,11 +41,13 @@ def _default(name: str) -> Any:
 
 def _launch_workers(ctx: typer.Context, num_processes: int, run_hint: Path) -> None:
     """Start `num_processes` copies of this command as the ranks of one run, and exit with their code."""
-    from piperctl.training.distributed import launch_local
+    from piperctl.training.launcher import launch_local
 
     if debug_enabled():
         os.environ["PIPERCTL_DEBUG"] = "1"
-    raise typer.Exit(launch_local(num_processes, relaunch_args(ctx), resume_hint=str(run_hint)))
+    raise typer.Exit(
+        launch_local(num_processes, relaunch_args(ctx), ctx.meta[MAIN_KEY], resume_hint=str(run_hint))
+    )
 
 
 def _resume_changes(local: dict[str, Any]) -> dict[str, Any]:

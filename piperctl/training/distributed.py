@@ -1,4 +1,4 @@
-"""Data-parallel plumbing: process group and DDP through accelerate, a few collectives, a local launcher.
+"""Data-parallel plumbing: process group and DDP through accelerate, a few collectives.
 
 A run of N processes is N copies of the single-process loop. Each rank reads its own shard of every
 global batch (see `piperctl.training.loading.EpochSampler`), DDP averages the gradients, and rank 0 alone writes
@@ -9,11 +9,6 @@ With one process every method is the identity, so a single-process run is the pl
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -260,109 +255,3 @@ def errors_once() -> Iterator[None]:
         if rank > 0 and not getattr(e, "rank_report", False):
             e.silent = True
         raise
-
-
-# ---------------------------------------------------------------------------------------------
-# `piperctl train|resume --num-processes N`: start N workers on this machine.
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # A worker whose launcher was killed gets SIGTERM: it checkpoints with the others and exits.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def launch_local(num_processes: int, argv: list[str], resume_hint: str | None = None) -> int:
-    """Run `python -m piperctl ARGV` as `num_processes` ranks of one run on this machine; its exit code.
-
-    Each worker gets the variables torchrun would set (RANK, WORLD_SIZE, MASTER_ADDR, ...), so the
-    workers join through accelerate exactly as under `torchrun` or `accelerate launch`. Unlike those,
-    this launcher forwards SIGINT/SIGTERM once and then waits for the checkpoint however long it takes,
-    exits with the workers' own exit code, and prints no traceback of its own.
-    """
-    if env_world_size() > 1:
-        raise PiperctlError(
-            "--num-processes cannot be used inside torchrun/accelerate launch",
-            hint="let the launcher start the processes, or run piperctl directly with --num-processes",
-        )
-    port = _free_port()
-    threads = max(1, (os.cpu_count() or 1) // num_processes)
-    procs: list[subprocess.Popen] = []
-    for rank in range(num_processes):
-        env = {
-            **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": str(num_processes),
-            "LOCAL_WORLD_SIZE": str(num_processes),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "GROUP_RANK": "0",
-            LAUNCHER_VAR: "local",
-        }
-        # N processes each using every core would oversubscribe the CPU many times over.
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "piperctl", *argv],
-                env=env,
-                # Own session: a Ctrl-C in the terminal reaches only us, and we forward it exactly once.
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads in this process yet
-            )
-        )
-
-    def forward(signum: int, frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    first: tuple[int, int, float] | None = None  # (rank, exit code, when) of the first failure
-    try:
-        while [p.poll() for p in procs].count(None):
-            if first is None:
-                first = _first_failure(procs, time.monotonic())
-            if first is not None:
-                # A worker killed by a signal leaves the others stuck in a collective: stop them soon.
-                # After an error every rank agreed on, they are exiting anyway.
-                grace = 5.0 if first[1] < 0 else 60.0
-                if time.monotonic() - first[2] > grace:
-                    for p in procs:
-                        if p.poll() is None:
-                            p.kill()
-            time.sleep(0.1)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    if first is None:
-        first = _first_failure(procs, 0.0)
-    if first is None:
-        return 0
-    rank, code, _ = first
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = (
-            f" — continue from its last checkpoint with: piperctl resume {resume_hint}" if resume_hint else ""
-        )
-        console.fail_line(f"process {rank} of {num_processes} was killed by {name}; stopped the others{hint}")
-        return 128 - code
-    return code
-
-
-def _first_failure(procs: list[subprocess.Popen], now: float) -> tuple[int, int, float] | None:
-    """(rank, exit code, now) of the failed worker to report, or None while none has failed.
-
-    A rank killed by a signal is the cause; the others then fail for lost contact with it.
-    """
-    failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
-    failed.sort(key=lambda f: (f[1] >= 0, f[0]))
-    return (*failed[0], now) if failed else None
