@@ -403,3 +403,21 @@ def test_eval_reports_each_dataset_and_all_frames_pooled(
     # Without the conversion the datasets do not mix: one line, as in train.
     code, _, err = run_cli(args[:6], capsys)
     assert code == 2 and "--convert-units" in one_error_line(err)
+
+
+@pytest.mark.train
+def test_eval_episodes_are_chosen_per_dataset_by_name(
+    mixed_run: Path, pair: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    day1, day2 = pair
+    base = ["eval", mixed_run, "--dataset", day1, "--dataset", day2, "--convert-units", "--json"]
+    code, stdout, err = run_cli([*base, "--episodes", "day1:0,2;day2:1"], capsys)
+    assert code == 0, err
+    a, b = json.loads(stdout)["datasets"]
+    assert a["episodes"]["ids"] == [0, 2] and b["episodes"]["ids"] == [1]
+    code, stdout, err = run_cli([*base, "--episodes", "day2:all"], capsys)  # day1 left out: day2's report
+    assert code == 0, err
+    only = json.loads(stdout)
+    assert only["dataset"]["root"] == str(day2) and only["episodes"]["ids"] == [0, 1, 2]
+    code, _, err = run_cli([*base, "--episodes", "day1:0;1"], capsys)
+    assert code == 2 and "mixes per-dataset entries" in one_error_line(err)

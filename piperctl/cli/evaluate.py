@@ -102,7 +102,8 @@ def eval_cmd(
     episodes: Annotated[
         str | None,
         typer.Option(
-            help="val (the run's held-out episodes; the default when it has some), all, A:B or i,j.",
+            help="val (the run's held-out episodes; the default when it has some), all, A:B or i,j; "
+            "with several --dataset, NAME:SPEC;NAME:SPEC per dataset (NAME: the folder name).",
             show_default=False,
         ),
     ] = None,

@@ -161,16 +161,20 @@ def score_during_training(
 
 
 def _episodes_of(sources: list[Source], spec: str | None, model: Any) -> tuple[str, list[list[int]]]:
-    """Each dataset's episodes to evaluate: the spec for every dataset, or by default the run's held-out ones."""
+    """Each dataset's episodes: SPEC for every dataset, NAME:SPEC;... per dataset, or the run's held-out ones."""
     from piperctl.console import log
     from piperctl.errors import PiperctlError
     from piperctl.evaluation.openloop import parse_episodes
+    from piperctl.training.multi_dataset import per_dataset_specs
 
     trained = {d.get("fingerprint"): d for d in model.datasets}
+    texts = [None for _ in sources] if spec is None else per_dataset_specs(spec, sources, "--episodes")
     chosen = []
-    for s in sources:
+    for s, text in zip(sources, texts, strict=True):
         held = [int(e) for e in (trained.get(s.fingerprint) or {}).get("val_episodes") or []]
-        text = spec
+        if spec is not None and text is None:  # NAME:SPEC entries that leave this dataset out
+            chosen.append([])
+            continue
         if text is None:
             text = "val" if held else "all"
             if not held:

@@ -158,21 +158,29 @@ def parse_val_episodes(spec: str | None, sources: list[Source]) -> list[list[int
     """Held-out episodes per dataset: `NAME:SPEC;NAME:SPEC` names them per dataset, any other SPEC applies to each."""
     if spec in (None, "", "0"):
         return [[] for _ in sources]
+    texts = per_dataset_specs(str(spec), sources, "--val-episodes")
+    return [
+        [] if text is None else _val_of(text, s, len(sources) > 1)
+        for text, s in zip(texts, sources, strict=True)
+    ]
+
+
+def per_dataset_specs(spec: str, sources: list[Source], flag: str) -> list[str | None]:
+    """Each dataset's part of an episode option: `NAME:SPEC;NAME:SPEC` (None for a dataset not named), or SPEC for all."""
     names = {s.spec.name: i for i, s in enumerate(sources)}
-    parts = [p.strip() for p in str(spec).split(";") if p.strip()]
+    parts = [p.strip() for p in spec.split(";") if p.strip()]
     named = [p.partition(":") for p in parts]
-    if len(sources) > 1 and all(name in names for name, _, _ in named):
-        out: list[list[int]] = [[] for _ in sources]
+    if len(sources) > 1 and named and all(name in names for name, _, _ in named):
+        out: list[str | None] = [None for _ in sources]
         for name, _, rest in named:
-            i = names[name]
-            out[i] = _val_of(rest, sources[i], True)
+            out[names[name]] = rest
         return out
     if len(parts) > 1 or (len(sources) > 1 and any(name in names for name, _, _ in named)):
         raise PiperctlError(
-            f"--val-episodes {spec!r} mixes per-dataset entries with others",
+            f"{flag} {spec!r} mixes per-dataset entries with others",
             hint=f"write NAME:SPEC;NAME:SPEC with names from {', '.join(names)}, or one SPEC for every dataset",
         )
-    return [_val_of(str(spec), s, len(sources) > 1) for s in sources]
+    return [spec for _ in sources]
 
 
 def _val_of(text: str, source: Source, many: bool) -> list[int]:
