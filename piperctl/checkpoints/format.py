@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,7 @@ class DatasetInfo:
     spec: str | None = None  # as named on the command line
     name: str | None = None  # short name in messages and metrics
     revision: str | None = None  # Hub revision asked for
+    commit: str | None = None  # the Hub commit it resolved to (lerobot's snapshot cache)
     weight: float | None = None  # sampling weight (--dataset-weights)
     rename_map: dict[str, str] = field(default_factory=dict)  # recorded name -> policy name
     units: dict[str, str] = field(default_factory=dict)  # joints/gripper -> unit as recorded
@@ -206,7 +207,10 @@ class DatasetInfo:
     @classmethod
     def from_json(cls, data: dict) -> DatasetInfo:
         """Parse one dataset entry (keys a version lacks get their defaults)."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and data[k] is not None})
+        fields = cls.__dataclass_fields__
+        required = {k for k, f in fields.items() if f.default is MISSING and f.default_factory is MISSING}
+        # A null optional field takes its default; a null required one (a Hub dataset's root) stays null.
+        return cls(**{k: v for k, v in data.items() if k in fields and (v is not None or k in required)})
 
 
 @dataclass

@@ -197,9 +197,10 @@ def dataset_lines(rows: list[Row]) -> list[str]:
         extra = "".join(f", {k} -> {v}" for k, v in d.rename_map.items())
         extra += "".join(f", {g} {d.units.get(g, '?')} -> {u}" for g, u in d.converted_to.items())
         extra += f", weight {d.weight:g}" if d.weight is not None else ""
+        ident = f"Hub commit {d.commit[:12]}" if d.commit else f"fingerprint {d.fingerprint[:12]}"
         lines.append(
             f"dataset {where}: {len(d.train_episodes)} train / {len(d.val_episodes)} val episodes, "
-            f"{d.total_frames} frames, fingerprint {d.fingerprint[:12]}{extra}"
+            f"{d.total_frames} frames, {ident}{extra}"
         )
     return lines
 

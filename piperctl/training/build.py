@@ -85,9 +85,13 @@ def use_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
-def open_split(cfg: TrainConfig) -> DataSplit:
-    """Check and open every dataset's metadata, keep the chosen cameras, split the episodes, check they mix."""
-    sources = multi_dataset.open_sources(cfg)
+def open_split(cfg: TrainConfig, resumed: TrainingState | None = None) -> DataSplit:
+    """Check and open every dataset's metadata, keep the chosen cameras, split the episodes, check they mix.
+
+    A `resumed` run reads each Hub dataset at the commit it trained on, unless --allow-dataset-change.
+    """
+    pins = multi_dataset.trained_commits(resumed) if resumed and not cfg.allow_dataset_change else None
+    sources = multi_dataset.open_sources(cfg, pins)
     meta = multi_dataset.policy_meta(sources)
     data.require_inputs(meta, cfg.policy, cfg.cameras)
     return DataSplit(meta, sources)
@@ -237,7 +241,7 @@ def open_feed(
             own,
             tolerance_s=cfg.tolerance_s,
             drop=source.dropped_cameras,
-            revision=source.spec.revision,
+            revision=source.revision,
         )
         if cfg.frame_cache:
             from piperctl.training.frame_cache import FrameCache

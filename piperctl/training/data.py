@@ -222,11 +222,18 @@ def open_dataset(
         raise PiperctlError(f"cannot load dataset {root or dataset_id}: {first_line(e)}") from e
 
 
+def hub_commit(meta) -> str | None:
+    """The Hub commit a dataset's metadata was read at (lerobot's snapshot cache names the folder so), else None."""
+    root = Path(meta.root)
+    return root.name if root.parent.name == "snapshots" else None
+
+
 def fingerprint(meta) -> str:
     """A content fingerprint of a dataset: metadata bytes plus the size of every data and video file.
 
     Per-episode stats live in meta/episodes, so any change to frame values changes the fingerprint
-    without reading the (possibly huge) data files.
+    without reading the (possibly huge) data files. Of a Hub snapshot (one commit) only the metadata
+    counts: which of its data and video files are downloaded yet varies from run to run.
     """
     root = Path(meta.root)
     h = hashlib.sha256()
@@ -234,7 +241,7 @@ def fingerprint(meta) -> str:
         p = root / rel
         if p.is_file():
             h.update(rel.encode() + b"\0" + p.read_bytes())
-    for sub in ("meta/episodes", "data", "videos"):
+    for sub in ("meta/episodes",) if hub_commit(meta) else ("meta/episodes", "data", "videos"):
         for p in sorted((root / sub).rglob("*")):
             if p.is_file():
                 rel = p.relative_to(root).as_posix()

@@ -88,6 +88,7 @@ class Source:
     # policy feature -> (scale, offset) per dimension, to the first dataset's units (--convert-units)
     convert: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     weight: float | None = None
+    revision: str | None = None  # the Hub revision read: the spec's, or on resume the commit trained on
 
     @property
     def policy_features(self) -> dict[str, dict]:
@@ -99,12 +100,16 @@ class Source:
         return next((k for k, v in self.rename.items() if v == policy_name), policy_name)
 
 
-def open_sources(cfg: TrainConfig) -> list[Source]:
-    """Check and open every dataset, keep the chosen cameras, split episodes; refuse datasets that do not mix."""
+def open_sources(cfg: TrainConfig, pins: dict[str, str] | None = None) -> list[Source]:
+    """Check and open every dataset, keep the chosen cameras, split episodes; refuse datasets that do not mix.
+
+    `pins` (dataset name -> Hub commit) reads those Hub datasets at that commit, whatever their
+    revision names now: a resume reads the data its run trained on.
+    """
     specs = parse_specs(cfg)
     weights = cfg.weights()
     renames = cfg.renames()
-    sources = [_open_source(cfg, spec, renames) for spec in specs]
+    sources = [_open_source(cfg, spec, renames, (pins or {}).get(spec.name)) for spec in specs]
     val = parse_val_episodes(cfg.val_episodes, sources)
     for s, held_out, w in zip(sources, val, weights or [None] * len(sources), strict=True):
         s.val_episodes = held_out
@@ -115,14 +120,15 @@ def open_sources(cfg: TrainConfig) -> list[Source]:
     return sources
 
 
-def _open_source(cfg: TrainConfig, spec: DatasetSpec, renames: dict[str, str]) -> Source:
+def _open_source(cfg: TrainConfig, spec: DatasetSpec, renames: dict[str, str], pin: str | None) -> Source:
     from piperctl.datasets import inspect
 
     root = Path(spec.root) if spec.root else None
     if root is not None:
         data.require_dataset_folder(root)
         inspect.require_v30(root)
-    meta = data.open_metadata(spec.id, root, revision=spec.revision)
+    revision = pin if pin and root is None else spec.revision
+    meta = data.open_metadata(spec.id, root, revision=revision)
     rename = {k: v for k, v in renames.items() if k in meta.features}
     clash = [v for v in rename.values() if v in meta.features and v not in rename]
     if clash or len(set(rename.values())) < len(rename):
@@ -138,7 +144,8 @@ def _open_source(cfg: TrainConfig, spec: DatasetSpec, renames: dict[str, str]) -
         inspect.require_consistent_timestamps(root, fps=meta.fps, tolerance_s=cfg.tolerance_s)
     dropped = data.drop_cameras(meta, cameras)
     rename = {k: v for k, v in rename.items() if k in meta.features}
-    return Source(spec, meta, data.fingerprint(meta), dropped, list(range(meta.total_episodes)), [], rename)
+    episodes = list(range(meta.total_episodes))
+    return Source(spec, meta, data.fingerprint(meta), dropped, episodes, [], rename, revision=revision)
 
 
 def _recorded_cameras(meta: Any, rename: dict[str, str], cameras: str | None) -> Any:
@@ -382,6 +389,7 @@ def records(sources: list[Source]) -> list[DatasetInfo]:
             spec=s.spec.spec,
             name=s.spec.name,
             revision=s.spec.revision,
+            commit=data.hub_commit(s.meta),
             weight=s.weight,
             rename_map=dict(s.rename),
             units={g: UNIT_TEXT[u] for g, u in s.units.items()},
@@ -394,6 +402,12 @@ def records(sources: list[Source]) -> list[DatasetInfo]:
         )
         for s in sources
     ]
+
+
+def trained_commits(state: TrainingState) -> dict[str, str]:
+    """Dataset name -> the Hub commit a checkpoint's run read it at (Hub datasets only)."""
+    saved = state.datasets or ([state.dataset] if state.dataset else [])
+    return {d.name or d.id.split("/")[-1]: d.commit for d in saved if d.commit and d.root is None}
 
 
 def require_same_datasets(sources: list[Source], state: TrainingState, folder: Path, allow: bool) -> bool:

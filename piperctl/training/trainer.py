@@ -112,7 +112,7 @@ class Trainer:
         build.use_determinism(cfg.deterministic)
         if dist.is_main:
             self.ckpts.open(self.run_id, mirror=cfg.mirror)
-        self.split = build.open_split(cfg)
+        self.split = build.open_split(cfg, start[1] if start else None)
         if start is None:
             self.parts = build.fresh_model(cfg, self.device, self.split)
         else:
