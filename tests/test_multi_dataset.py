@@ -247,6 +247,9 @@ def test_two_datasets_with_other_camera_names_train_together_with_a_rename_map(
         dataset=[str(p) for p in cam_pair],
         rename_map=RENAME,
         val_episodes="home:1",
+        cameras="front",  # the policy's name: home's `top` is kept too
+        augment=True,
+        tracker="tensorboard",
         steps=2,
         batch_size=4,
         save_every=2,
@@ -254,6 +257,12 @@ def test_two_datasets_with_other_camera_names_train_together_with_a_rename_map(
         async_save=False,
         policy_options=dict(TINY_ACT),
     )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (logdir,) = [p for p in (run / "tensorboard").iterdir() if p.is_dir()]
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert {"loss", "val_loss", "val_loss/home"} <= set(events.Tags()["scalars"])
     state = json.loads((run / "checkpoint-2" / ckpt.TRAINING_STATE).read_text())
     lab, home = state["datasets"]
     assert home["rename_map"] == json.loads(RENAME) and lab["rename_map"] == {}
