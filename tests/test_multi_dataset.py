@@ -235,42 +235,43 @@ def test_a_camera_named_otherwise_is_refused_with_the_rename_map_that_fixes_it(
     assert code == 2 and "has no observation.images.front" in one_error_line(err)
 
 
+# The renamed-camera run: `top` shown to the policy as `front`, kept by that name, augmented, logged.
+CAM_RUN = {
+    "rename_map": RENAME, "val_episodes": "home:1", "cameras": "front", "augment": True,
+    "tracker": "tensorboard", "steps": 4, "batch_size": 4, "save_every": 2, "num_workers": 0,
+}  # fmt: skip
+
+
 @pytest.mark.train
-def test_two_datasets_with_other_camera_names_train_together_with_a_rename_map(
+def test_two_datasets_with_other_camera_names_train_with_a_rename_map_and_resume_exactly_after_sigkill(
     cam_pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from piperctl import train
-
-    run = tmp_path / "run"
-    train(
-        run,
-        dataset=[str(p) for p in cam_pair],
-        rename_map=RENAME,
-        val_episodes="home:1",
-        cameras="front",  # the policy's name: home's `top` is kept too
-        augment=True,
-        tracker="tensorboard",
-        steps=2,
-        batch_size=4,
-        save_every=2,
-        num_workers=0,
-        async_save=False,
-        policy_options=dict(TINY_ACT),
-    )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (logdir,) = [p for p in (run / "tensorboard").iterdir() if p.is_dir()]
+    from piperctl import train
+
+    ref = tmp_path / "ref"
+    train(ref, dataset=[str(p) for p in cam_pair], policy_options=dict(TINY_ACT), **CAM_RUN)
+    (logdir,) = [p for p in (ref / "tensorboard").iterdir() if p.is_dir()]
     events = EventAccumulator(str(logdir))
     events.Reload()
     assert {"loss", "val_loss", "val_loss/home"} <= set(events.Tags()["scalars"])
-    state = json.loads((run / "checkpoint-2" / ckpt.TRAINING_STATE).read_text())
+    state = json.loads((ref / "checkpoint-4" / ckpt.TRAINING_STATE).read_text())
     lab, home = state["datasets"]
     assert home["rename_map"] == json.loads(RENAME) and lab["rename_map"] == {}
     assert lab["val_episodes"] == [] and home["val_episodes"] == [1]
-    config = json.loads((run / ckpt.PRETRAINED_DIR / "config.json").read_text())
+    config = json.loads((ref / ckpt.PRETRAINED_DIR / "config.json").read_text())
     assert list(config["input_features"]) == ["observation.state", "observation.images.front"]
-    rows = metric_rows(run)
+    rows = metric_rows(ref)
     assert rows[-1]["val_loss"] == rows[-1]["val_loss/home"] and "val_loss/lab" not in rows[-1]
+
+    run = tmp_path / "run"
+    args: list = ["train", "--output-dir", run, "--dataset", cam_pair[0], "--dataset", cam_pair[1]]
+    for k, v in CAM_RUN.items():
+        args += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", v]
+    res = piperctl_cli([*map(str, args), *policy_opt_args(TINY_ACT)], env={"PIPERCTL_FAULT": "kill:3"})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    resume_matches(run, ref, capsys, "checkpoint-4")
     code, _, err = run_cli(["checkpoints", "verify", run], capsys)
     assert code == 0, err
 
