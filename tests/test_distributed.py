@@ -243,3 +243,29 @@ def test_num_processes_is_refused_inside_a_launcher(
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _, err = run_cli(["resume", "/nonexistent", "--num-processes", "2"], capsys)
     assert code == 2 and "cannot be used inside torchrun" in err
+
+
+def _probe_fork(conn: object, fresh: str) -> None:
+    from piperctl.training import launcher
+
+    os.environ[FRESH_RANKS_VAR] = fresh
+    conn.send(launcher._prepare_fork())  # type: ignore[attr-defined]
+
+
+def test_ranks_are_forked_after_the_imports_on_a_machine_without_cuda() -> None:
+    """The launcher forks its ranks here (no CUDA): they skip the 10-15 s of imports a fresh one pays."""
+    import multiprocessing
+
+    from piperctl.training import launcher
+
+    for name in launcher._RANK_IMPORTS:  # once here (the in-process runs need them too), not per child
+        __import__(name)
+    ctx = multiprocessing.get_context("fork")  # a child of one thread, as the console script is
+    answers = []
+    for fresh in ("", "1"):
+        mine, theirs = ctx.Pipe()
+        p = ctx.Process(target=_probe_fork, args=(theirs, fresh))
+        p.start()
+        answers.append(mine.recv())
+        p.join()
+    assert answers == [True, False]
