@@ -202,7 +202,9 @@ def test_a_hub_dataset_at_a_revision_trains_records_its_commit_and_resumes(
     assert record["id"] == "someone/piper_day" and record["revision"] == "v1"
     assert record["commit"] == "a" * 40
     code, out, err = run_cli(["checkpoints", "list", run], capsys)
-    assert code == 0 and "dataset someone/piper_day@v1:" in out and "Hub commit aaaaaaaaaaaa" in out, out + err
+    assert code == 0 and "dataset someone/piper_day@v1:" in out and "Hub commit aaaaaaaaaaaa" in out, (
+        out + err
+    )
     assert resume(run, steps=3).step == 3  # the data now in the cache: the same dataset
 
     # v1 moves to another commit: a resume still reads the commit it trained on, bit-exactly.
@@ -217,6 +219,10 @@ def test_a_hub_dataset_at_a_revision_trains_records_its_commit_and_resumes(
         == "a" * 40
     )
     assert losses(run) == losses(reference)
+    # eval RUN with no data named: the Hub dataset at the commit it trained on, its held-out episode.
+    code, out, err = run_cli(["eval", run, "--json"], capsys)
+    assert code == 0 and f"someone/piper_day@{'a' * 40}" in err, err
+    assert json.loads(out)["episodes"]["ids"] == [4]
     # --allow-dataset-change takes v1 as it is now, says the order is no longer exact, and records it.
     capsys.readouterr()
     assert resume(run, steps=5, allow_dataset_change=True).step == 5

@@ -413,6 +413,10 @@ def test_eval_reports_each_dataset_and_all_frames_pooled(
     # Without the conversion the datasets do not mix: one line, as in train.
     code, _, err = run_cli(args[:6], capsys)
     assert code == 2 and "--convert-units" in one_error_line(err)
+    # Naming no data evaluates what the model was trained on, as it was trained (converted): the same report.
+    code, stdout, err = run_cli(["eval", mixed_run, "--json"], capsys)
+    assert code == 0 and f"was trained on: {day1}, {day2}" in err, err
+    assert json.loads(stdout)["summary"] == report["summary"]
 
 
 @pytest.mark.train
@@ -431,3 +435,27 @@ def test_eval_episodes_are_chosen_per_dataset_by_name(
     assert only["dataset"]["root"] == str(day2) and only["episodes"]["ids"] == [0, 1, 2]
     code, _, err = run_cli([*base, "--episodes", "day1:0;1"], capsys)
     assert code == 2 and "mixes per-dataset entries" in one_error_line(err)
+
+
+def test_eval_without_data_names_what_it_lacks(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from piperctl.errors import PiperctlError
+    from piperctl.evaluation.per_dataset import trained_on
+
+    plain = SimpleNamespace(datasets=[], description="model /m")
+    with pytest.raises(PiperctlError, match="records no dataset it was trained on"):
+        trained_on(plain)
+    moved = SimpleNamespace(datasets=[{"id": "local/day1", "root": str(tmp_path / "day1")}], description="m")
+    with pytest.raises(PiperctlError, match=r"trained on .*day1, which is no longer a dataset folder"):
+        trained_on(moved)
+    hub_ = {
+        "id": "someone/day",
+        "root": None,
+        "commit": "c" * 40,
+        "rename_map": {"a": "b"},
+        "converted_to": {},
+    }
+    assert trained_on(SimpleNamespace(datasets=[hub_], description="m")) == (
+        [f"someone/day@{'c' * 40}"], '{"a": "b"}', False,
+    )  # fmt: skip

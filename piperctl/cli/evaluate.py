@@ -76,7 +76,10 @@ def eval_cmd(
     dataset_root: Annotated[
         Path | None,
         typer.Option(
-            "--dataset-root", help="Local LeRobot dataset folder to evaluate on.", show_default=False
+            "--dataset-root",
+            help="Local LeRobot dataset folder to evaluate on (default, without --dataset: the datasets "
+            "the model records it trained on, a Hub one at the commit it trained on).",
+            show_default=False,
         ),
     ] = None,
     dataset: Annotated[
@@ -132,7 +135,7 @@ def eval_cmd(
     from piperctl.evaluation.openloop import evaluate
     from piperctl.evaluation.report import print_report
 
-    if (dataset_root is None) == (not dataset):
+    if dataset_root is not None and dataset:
         raise PiperctlError(
             "name the data with --dataset-root DIR (one dataset) or --dataset DIR (repeatable), not both",
             hint="e.g. piperctl eval RUN --dataset data/day1 --dataset data/day2",
@@ -140,15 +143,14 @@ def eval_cmd(
     for folder, flag in [(dataset_root, "--dataset-root"), *((d, "--dataset") for d in dataset or [])]:
         if folder is not None and not folder.is_dir():
             raise PiperctlError(f"{flag} {folder} is not a folder", hint="pass a LeRobot dataset folder")
-    if dataset:
+    if dataset_root is None:  # several datasets, or none named: those the model was trained on
         from piperctl.evaluation.per_dataset import evaluate_datasets
 
         evaluation = evaluate_datasets(
-            model, [str(d) for d in dataset], rename_map=rename_map, convert_units=convert_units,
-            episodes=episodes, device=device, seed=seed, final=final,
+            model, [str(d) for d in dataset] if dataset else None, rename_map=rename_map,
+            convert_units=convert_units, episodes=episodes, device=device, seed=seed, final=final,
         )  # fmt: skip
     else:
-        assert dataset_root is not None
         evaluation = evaluate(
             model,
             dataset_root,

@@ -60,9 +60,7 @@ def run_source(
     progress: bool,
 ) -> dict[int, PolicyRun]:
     """Run the policy over `episodes` of one dataset, fed as in training (renamed, converted)."""
-    dataset = frames_dataset(
-        source.spec.id, source.spec.root, tuple(source.dropped_cameras), source.spec.revision
-    )
+    dataset = frames_dataset(source.spec.id, source.spec.root, tuple(source.dropped_cameras), source.revision)
     item_map = ItemMap(source)
     cameras = [source.rename.get(k, k) for k in source.meta.camera_keys]
     return run_policy(
@@ -121,8 +119,9 @@ def evaluate_sources(
     for source, eps in zip(sources, episodes, strict=True):
         if not eps:
             continue
-        recorded = recorded_episodes(source, eps)
+        # Run first: a Hub dataset's data files are downloaded then, and read back for the recording.
         runs = run_source(policy, preprocessor, postprocessor, source, eps, seed=seed, progress=progress)
+        recorded = recorded_episodes(source, eps)
         parts.append(DatasetScores(source, eps, recorded, runs, score(recorded, runs, pairing)))
     # Keys (dataset, episode): the episode numbers of two datasets overlap.
     pooled_recorded = {(p.source.spec.name, e): r for p in parts for e, r in p.recorded.items()}
@@ -194,9 +193,39 @@ def _episodes_of(sources: list[Source], spec: str | None, model: Any) -> tuple[s
     return spec or "val", chosen
 
 
+def trained_on(model: Any) -> tuple[list[str], str | None, bool]:
+    """The datasets a model records it trained on, as `--dataset` specs (a Hub one at its commit),
+    with the run's rename map and unit conversion; refused in one line when unknown or gone."""
+    import json
+
+    from piperctl.errors import PiperctlError
+
+    records = model.datasets
+    if not records:
+        raise PiperctlError(
+            f"{model.description} records no dataset it was trained on",
+            hint="name the data with --dataset-root DIR (one dataset) or --dataset DIR (repeatable)",
+        )
+    specs = []
+    for d in records:
+        if d.get("root"):
+            if not (Path(d["root"]) / "meta" / "info.json").is_file():
+                raise PiperctlError(
+                    f"the model was trained on {d['root']}, which is no longer a dataset folder",
+                    hint="name where it is now with --dataset-root DIR (or --dataset DIR for each dataset)",
+                )
+            specs.append(str(d["root"]))
+        else:
+            at = d.get("commit") or d.get("revision")
+            specs.append(f"{d['id']}@{at}" if at else str(d["id"]))
+    renames = {k: v for d in records for k, v in (d.get("rename_map") or {}).items()}
+    convert = any(d.get("converted_to") for d in records)
+    return specs, json.dumps(renames) if renames else None, convert
+
+
 def evaluate_datasets(
     model_path: str | Path,
-    datasets: list[str],
+    datasets: list[str] | None,
     *,
     rename_map: str | None = None,
     convert_units: bool = False,
@@ -208,7 +237,7 @@ def evaluate_datasets(
     """Open-loop evaluation of the model at `model_path` on several local datasets, as `train --dataset` mixes them.
 
     One dataset gives the one-dataset report; several give each one's and every frame pooled
-    (`report.combine_reports`).
+    (`report.combine_reports`). No `datasets`: those the model trained on, as it was trained on them.
     """
     from piperctl.checkpoints.export import weights_digest
     from piperctl.checkpoints.model import load_model
@@ -219,6 +248,9 @@ def evaluate_datasets(
     from piperctl.training.multi_dataset import open_sources, policy_meta
 
     model = resolve_model(model_path, final=final)
+    if datasets is None:
+        datasets, rename_map, convert_units = trained_on(model)
+        log(f"evaluating on what {model.description} was trained on: {', '.join(datasets)}")
     options = {
         "dataset": [str(d) for d in datasets],
         "rename_map": rename_map,
