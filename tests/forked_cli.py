@@ -135,12 +135,9 @@ def _child(
     setup: tuple[Callable[..., Any], tuple] | None,
 ) -> None:
     """The forked process: look like a fresh `piperctl ARGS`, run it, exit with its code."""
-    import atexit
     import signal
-    import threading
     import traceback
 
-    code = 1
     try:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
@@ -162,25 +159,10 @@ def _child(
             os.setpgrp()
         if setup is not None:  # what a test installs in its own process too (tiny models, say)
             setup[0](*setup[1])
-        sys.argv = ["piperctl", *args]
-        from piperctl.cli import main
-
-        try:
-            main(args)
-            code = 0
-        except SystemExit as e:
-            if e.code is None or isinstance(e.code, int):
-                code = e.code or 0
-            else:
-                print(e.code, file=sys.stderr)
-        threading._shutdown()  # join non-daemon threads, as the interpreter does at exit
-        atexit._run_exitfuncs()
     except BaseException:
         traceback.print_exc()
-    finally:
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()
-            except Exception:
-                pass
-        os._exit(code)
+        os._exit(1)
+    from piperctl.cli import main
+    from piperctl.training.launcher import run_and_exit
+
+    run_and_exit(main, args)

@@ -188,7 +188,6 @@ def _fork_rank(main: Callable[[list[str]], None], argv: list[str], env: dict[str
 
 def _run_rank(main: Callable[[list[str]], None], argv: list[str], env: dict[str, str]) -> NoReturn:
     """The forked rank: what `python -m piperctl ARGV` would do with `env` set, then exit with its code."""
-    code = 1
     try:
         os.setsid()  # as start_new_session: a Ctrl-C in the terminal reaches the launcher only
         _die_with_parent()
@@ -200,6 +199,16 @@ def _run_rank(main: Callable[[list[str]], None], argv: list[str], env: dict[str,
         # torch read OMP_NUM_THREADS when the launcher imported it; this rank's share is set here.
         if env["OMP_NUM_THREADS"].isdigit():
             torch.set_num_threads(max(1, int(env["OMP_NUM_THREADS"])))
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    run_and_exit(main, argv)
+
+
+def run_and_exit(main: Callable[[list[str]], None], argv: list[str]) -> NoReturn:
+    """In a forked process: `main(ARGV)` as the console script runs it, then exit with its code."""
+    code = 1
+    try:
         sys.argv = ["piperctl", *argv]
         try:
             main(argv)
