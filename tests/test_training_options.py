@@ -152,7 +152,8 @@ def test_tensorboard_logs_the_metrics_and_resume_continues_the_same_run(
     events.Reload()
     loss = events.Scalars("loss")
     # Steps 5 (logged before the kill, past checkpoint-4) were purged: one history, as in metrics.jsonl.
-    assert [e.step for e in loss] == list(range(1, 9))
+    files = sorted(p.name for p in logdirs[0].iterdir())
+    assert [e.step for e in loss] == list(range(1, 9)), (files, res.stderr[-2000:], err[-2000:])
     assert [e.value for e in loss] == pytest.approx(losses(run), rel=1e-6)
 
 
