@@ -247,3 +247,16 @@ def test_a_run_on_a_hub_dataset_id_resumes(
     opts = {"batch_size": 4, "save_every": 1, "num_workers": 0, "val_episodes": "1"}
     train(run, dataset_id="someone/piper_day", policy_options=dict(TINY_ACT), steps=1, **opts)
     assert resume(run, steps=2).step == 2
+
+
+def test_only_a_hub_snapshot_folder_names_a_commit(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from piperctl.training.data import hub_commit
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cache = SimpleNamespace(root=tmp_path / "datasets--me--piper" / "snapshots" / sha)
+    assert hub_commit(cache) == sha
+    # A folder of the user's that happens to sit in a "snapshots" folder is a local dataset.
+    assert hub_commit(SimpleNamespace(root=tmp_path / "robot" / "snapshots" / sha)) is None
+    assert hub_commit(SimpleNamespace(root=tmp_path / "datasets--me--piper" / "snapshots" / "day1")) is None

@@ -6,6 +6,7 @@ import atexit
 import functools
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -224,8 +225,9 @@ def open_dataset(
 
 def hub_commit(meta) -> str | None:
     """The Hub commit a dataset's metadata was read at (lerobot's snapshot cache names the folder so), else None."""
-    root = Path(meta.root)
-    return root.name if root.parent.name == "snapshots" else None
+    root = Path(meta.root)  # <cache>/datasets--OWNER--NAME/snapshots/<commit>
+    is_snapshot = root.parent.name == "snapshots" and root.parent.parent.name.startswith("datasets--")
+    return root.name if is_snapshot and re.fullmatch(r"[0-9a-f]{40}", root.name) else None
 
 
 def fingerprint(meta) -> str:
