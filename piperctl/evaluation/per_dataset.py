@@ -250,7 +250,7 @@ def evaluate_datasets(
     model = resolve_model(model_path, final=final)
     if datasets is None:
         datasets, rename_map, convert_units = trained_on(model)
-        log(f"evaluating on what {model.description} was trained on: {', '.join(datasets)}")
+        log(f"evaluating on the data the model was trained on: {', '.join(datasets)}")
     options = {
         "dataset": [str(d) for d in datasets],
         "rename_map": rename_map,
