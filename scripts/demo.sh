@@ -46,7 +46,7 @@ echo "== 5. list and verify the run's checkpoints"
 "$PIPERCTL" checkpoints verify "$RUN"
 
 echo "== 6. evaluate it open-loop on the held-out episodes, beside 'hold' and 'repeat'"
-"$PIPERCTL" eval "$RUN" --dataset-root "$DATA" --plots "$PLOTS" --report "$DEMO_DIR/eval.json"
+"$PIPERCTL" eval "$RUN" --plots "$PLOTS" --report "$DEMO_DIR/eval.json"   # on the data it trained on
 echo "(A $STEPS-step CPU run checks the pipeline; it is not a trained policy."
 echo " 'hold' = stay where the arm is, a strong baseline at 30 fps. On these 10"
 echo " training episodes the error stops falling at 6.5x hold's after ~1,000 steps;"

@@ -94,6 +94,9 @@ def test_lost_camera_videos_are_named_and_the_other_cameras_still_train(
     assert "observation.images.front" in shapes and "observation.images.wrist" not in shapes
     # A local folder is never looked up on the Hub: its id is `local/<folder name>`.
     assert state["config"]["dataset_id"] == "local/ds" and state["dataset"]["id"] == "local/ds"
+    # eval on its own data reads only the camera the policy sees: the lost wrist videos do not matter.
+    code, out, err = run_cli(["eval", run, "--json"], capsys)
+    assert code == 0 and json.loads(out)["episodes"]["ids"], err
 
     code, _, err = run_cli(_train(tmp_path / "run_top", ds, "--cameras", "top"), capsys)
     line = one_error_line(err)

@@ -243,6 +243,7 @@ def evaluate_datasets(
     from piperctl.checkpoints.model import load_model
     from piperctl.checkpoints.sources import check_features_fit, resolve_model
     from piperctl.console import log
+    from piperctl.datasets.inspect import camera_name
     from piperctl.evaluation.report import build_report, combine_reports
     from piperctl.training.config import TrainConfig, resolve_device
     from piperctl.training.multi_dataset import open_sources, policy_meta
@@ -251,17 +252,19 @@ def evaluate_datasets(
     if datasets is None:
         datasets, rename_map, convert_units = trained_on(model)
         log(f"evaluating on the data the model was trained on: {', '.join(datasets)}")
+    device = resolve_device(device)
+    loaded = load_model(model.folder, device, model.layout)
     options = {
         "dataset": [str(d) for d in datasets],
         "rename_map": rename_map,
         "convert_units": convert_units,
+        # The cameras the policy sees, by its names: one a run left out is neither required nor decoded.
+        "cameras": ",".join(camera_name(k) for k in loaded.config.image_features) or "none",
     }
     sources = open_sources(TrainConfig.from_options("", None, options))
     spec, chosen = _episodes_of(sources, episodes, model)
-    device = resolve_device(device)
     n = sum(map(len, chosen))
     log(f"evaluating {model.description} on {n} episode(s) of {len(sources)} dataset(s) ({device})")
-    loaded = load_model(model.folder, device, model.layout)
     features = policy_meta(sources).features
     check_features_fit(loaded.config, policy_meta(sources), f"the model ({model.description})")
     pairing = bl.hold_pairing(features)
