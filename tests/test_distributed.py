@@ -269,3 +269,38 @@ def test_ranks_are_forked_after_the_imports_on_a_machine_without_cuda() -> None:
         answers.append(mine.recv())
         p.join()
     assert answers == [True, False]
+
+
+class _FakeRank:
+    """A rank for the launcher's wait loop: exits with `code` after `after` s (never, with None)."""
+
+    def __init__(self, code: int | None, after: float = 0.0) -> None:
+        import time
+
+        self.code, self.end, self.returncode = code, time.monotonic() + after, None
+
+    def poll(self) -> int | None:
+        import time
+
+        if self.returncode is None and self.code is not None and time.monotonic() >= self.end:
+            self.returncode = self.code
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = -signal.SIGKILL
+
+    def wait(self) -> int | None:
+        return self.returncode
+
+
+def test_a_rank_stuck_after_the_others_finished_is_stopped_and_the_run_still_succeeds() -> None:
+    from piperctl.training.launcher import wait_for_ranks
+
+    # Rank 1 hangs in teardown after rank 0 finished: stopped after the grace, not reported as a failure.
+    stuck = [_FakeRank(0), _FakeRank(None)]
+    assert wait_for_ranks(stuck, finished_grace=0.2, tick=0.01) == (None, [1])
+    assert stuck[1].returncode == -signal.SIGKILL
+    # A rank that failed is still the one reported, and a clean finish of all is (None, []).
+    first, hung = wait_for_ranks([_FakeRank(0), _FakeRank(2, after=0.05)], finished_grace=5, tick=0.01)
+    assert first is not None and first[:2] == (1, 2) and hung == []
+    assert wait_for_ranks([_FakeRank(0), _FakeRank(0, after=0.05)], finished_grace=5, tick=0.01) == (None, [])

@@ -9,6 +9,7 @@ With one process every method is the identity, so a single-process run is the pl
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +27,9 @@ T = TypeVar("T")
 _WORLD_SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
 LAUNCHER_VAR = "PIPERCTL_LAUNCHER"
+# Policies whose every trainable parameter takes part in each training step: DDP need not search for
+# unused ones (a graph traversal every step, and a warning on every rank when it finds none).
+ALL_PARAMETERS_USED = frozenset({"act", "diffusion"})
 
 
 def _env_int(names: tuple[str, ...], default: int) -> int:
@@ -78,6 +82,8 @@ class Dist:
         """Wrap the model in DDP and the optimizer for accelerate (unchanged with one process)."""
         if self.accelerator is None:
             return model, optimizer
+        kind = getattr(getattr(model, "config", None), "type", None)
+        self.accelerator.ddp_handler.find_unused_parameters = kind not in ALL_PARAMETERS_USED
         return self.accelerator.prepare(model, optimizer)
 
     @contextmanager
@@ -188,6 +194,10 @@ class Dist:
             # Tear down together: a rank that destroys the gloo group while its peer is still in
             # a collective (or still owns DDP's reducer) can die in std::terminate (SIGABRT).
             self.accelerator.wait_for_everyone()
+            # gloo's worker threads release the barrier's tensors after it returns, and need the GIL
+            # for that. A group destroyed (later, when DDP's reducer is freed) while one still waits
+            # for it deadlocks at exit; a moment without the GIL lets them finish.
+            time.sleep(0.2)
             self.accelerator.end_training()
 
 
@@ -218,7 +228,8 @@ def init(device: Callable[[], str], precision: str = "fp32") -> Dist:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    # Like lerobot-train: policies may leave parameters unused in a step (conditional computation).
+    # Like lerobot-train: policies may leave parameters unused in a step (conditional computation);
+    # `Dist.prepare` turns the search off for the policies known to use every parameter.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     try:
         from piperctl.training.precision import ACCELERATE_NAMES

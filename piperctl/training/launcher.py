@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from piperctl import console
@@ -81,25 +81,17 @@ def launch_local(
                 p.send_signal(signum)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    first: tuple[int, int, float] | None = None  # (rank, exit code, when) of the first failure
     try:
-        while [p.poll() for p in procs].count(None):
-            if first is None:
-                first = _first_failure(procs, time.monotonic())
-            if first is not None:
-                # A rank killed by a signal leaves the others stuck in a collective: stop them soon.
-                # After an error every rank agreed on, they are exiting anyway.
-                grace = 5.0 if first[1] < 0 else 60.0
-                if time.monotonic() - first[2] > grace:
-                    for p in procs:
-                        if p.poll() is None:
-                            p.kill()
-            time.sleep(0.1)
+        first, stuck = wait_for_ranks(procs)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    if first is None:
-        first = _first_failure(procs, 0.0)
+    if stuck:
+        console.log(
+            f"warning: process {', '.join(map(str, stuck))} of {num_processes} had not exited "
+            f"{FINISHED_GRACE_S:.0f} s after the others finished (stuck tearing down the process group); "
+            "stopped it — the run's files were written before"
+        )
     if first is None:
         return 0
     rank, code, _ = first
@@ -111,6 +103,44 @@ def launch_local(
         console.fail_line(f"process {rank} of {num_processes} was killed by {name}; stopped the others{hint}")
         return 128 - code
     return code
+
+
+# A rank that exits 0 has passed the run's last barrier: the others have only their teardown left.
+FINISHED_GRACE_S = 30.0
+
+
+def wait_for_ranks(
+    procs: list[Any], finished_grace: float = FINISHED_GRACE_S, tick: float = 0.1
+) -> tuple[tuple[int, int, float] | None, list[int]]:
+    """Wait for every rank; (rank, exit code, when) of the failure to report or None, and the ranks
+    stopped for hanging after the others had finished."""
+    first: tuple[int, int, float] | None = None
+    finished_at: float | None = None
+    stuck: list[int] = []
+    while [p.poll() for p in procs].count(None):
+        now = time.monotonic()
+        if first is None:
+            first = _first_failure(procs, now)
+        if first is not None:
+            # A rank killed by a signal leaves the others stuck in a collective: stop them soon.
+            # After an error every rank agreed on, they are exiting anyway.
+            grace = 5.0 if first[1] < 0 else 60.0
+            if now - first[2] > grace:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+        elif any(p.returncode == 0 for p in procs):
+            finished_at = finished_at or now
+            if now - finished_at > finished_grace:
+                stuck = [rank for rank, p in enumerate(procs) if p.poll() is None]
+                for rank in stuck:
+                    procs[rank].kill()
+                    procs[rank].wait()
+                break
+        time.sleep(tick)
+    if first is None:
+        first = _first_failure(procs, 0.0, skip=stuck)
+    return first, stuck
 
 
 def _free_port() -> int:
@@ -176,6 +206,12 @@ class _ForkedRank:
         """SIGKILL the rank."""
         self.send_signal(signal.SIGKILL)
 
+    def wait(self) -> int:
+        """Block until the rank exits; its exit code."""
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
 
 def _fork_rank(main: Callable[[list[str]], None], argv: list[str], env: dict[str, str]) -> _ForkedRank:
     for stream in (sys.stdout, sys.stderr):
@@ -231,11 +267,15 @@ def run_and_exit(main: Callable[[list[str]], None], argv: list[str]) -> NoReturn
         os._exit(code)
 
 
-def _first_failure(procs: list[Any], now: float) -> tuple[int, int, float] | None:
+def _first_failure(procs: list[Any], now: float, skip: Sequence[int] = ()) -> tuple[int, int, float] | None:
     """(rank, exit code, now) of the failed rank to report, or None while none has failed.
 
     A rank killed by a signal is the cause; the others then fail for lost contact with it.
     """
-    failed = [(rank, p.returncode) for rank, p in enumerate(procs) if p.returncode not in (None, 0)]
+    failed = [
+        (rank, p.returncode)
+        for rank, p in enumerate(procs)
+        if p.returncode not in (None, 0) and rank not in skip
+    ]
     failed.sort(key=lambda f: (f[1] >= 0, f[0]))
     return (*failed[0], now) if failed else None
