@@ -259,7 +259,7 @@ def evaluate_datasets(
         "rename_map": rename_map,
         "convert_units": convert_units,
         # The cameras the policy sees, by its names: one a run left out is neither required nor decoded.
-        "cameras": ",".join(camera_name(k) for k in loaded.config.image_features) or "none",
+        "cameras": ",".join(camera_name(k) for k in loaded.config.image_features) or None,
     }
     sources = open_sources(TrainConfig.from_options("", None, options))
     spec, chosen = _episodes_of(sources, episodes, model)
