@@ -314,6 +314,11 @@ class TrainingState:
     # Every dataset of the run, in order (`dataset` is the first); empty in checkpoints before issue 18.
     datasets: list[DatasetInfo] = field(default_factory=list)
 
+    @property
+    def all_datasets(self) -> list[DatasetInfo]:
+        """Every dataset of the run: `datasets`, or the one `dataset` of a checkpoint from before them."""
+        return self.datasets or ([self.dataset] if self.dataset else [])
+
     def to_json(self) -> dict:
         """The JSON object written to training_state.json."""
         return {"format": self.FORMAT, "version": self.VERSION, **asdict(self)}

@@ -192,7 +192,7 @@ def dataset_lines(rows: list[Row]) -> list[str]:
     if state is None:
         return []
     lines = []
-    for d in state.datasets or ([state.dataset] if state.dataset else []):
+    for d in state.all_datasets:
         where = d.root or (f"{d.id}@{d.revision}" if d.revision else d.id)
         extra = "".join(f", {k} -> {v}" for k, v in d.rename_map.items())
         extra += "".join(f", {g} {d.units.get(g, '?')} -> {u}" for g, u in d.converted_to.items())

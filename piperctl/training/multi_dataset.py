@@ -406,13 +406,14 @@ def records(sources: list[Source]) -> list[DatasetInfo]:
 
 def trained_commits(state: TrainingState) -> dict[str, str]:
     """Dataset name -> the Hub commit a checkpoint's run read it at (Hub datasets only)."""
-    saved = state.datasets or ([state.dataset] if state.dataset else [])
-    return {d.name or d.id.split("/")[-1]: d.commit for d in saved if d.commit and d.root is None}
+    return {
+        d.name or d.id.split("/")[-1]: d.commit for d in state.all_datasets if d.commit and d.root is None
+    }
 
 
 def require_same_datasets(sources: list[Source], state: TrainingState, folder: Path, allow: bool) -> bool:
     """Refuse to resume on other datasets than checkpoint `folder` was trained on, unless `allow`; True when exact."""
-    saved = state.datasets or ([state.dataset] if state.dataset else [])
+    saved = state.all_datasets
     changed = [
         s.spec.name for i, s in enumerate(sources) if i >= len(saved) or saved[i].fingerprint != s.fingerprint
     ]
